@@ -1,0 +1,3 @@
+"""vqbench core: registries, run specs, the runner, collapse metrics, the Parquet store and the CLI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,239 @@
+"""The ``vqbench`` command line. Heavy modules (torch, tasks, methods) are imported per command.
+
+Failures a user can cause print one line ``error: ...`` (exit 2) instead of a traceback.
+Areas outside ``bench`` add their own sub-commands through ``add_commands(subparsers, common)``
+in ``slurm/cli.py`` and ``leaderboard/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from bench.errors import UserError
+
+AREA_CLIS = ("leaderboard.cli", "slurm.cli")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON if it parses (numbers, true/false, null, lists, dicts), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text[:1] in "[{\"":
+            raise UserError(f"bad --set value {text!r}: it starts like JSON but does not parse") from None
+        return text
+
+
+def parse_assignments(items: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``--set key=value`` items -> (task params, method params, budget overrides).
+
+    Keys are ``task.NAME``, ``method.NAME`` or ``budget.NAME``; a bare ``NAME`` means ``method.NAME``.
+    """
+    task, method, budget = {}, {}, {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad --set {item!r}: use --set key=value (e.g. --set beta=0.5, "
+                            "--set task.codebook_size=512, --set budget.steps=200)")
+        scope, _, name = key.rpartition(".")
+        target = {"task": task, "method": method, "budget": budget, "": method}.get(scope)
+        if target is None or not name:
+            raise UserError(f"bad --set key {key!r}: prefix it with task., method. or budget.")
+        target[name] = parse_value(value)
+    return task, method, budget
+
+
+def load_plugins(args: argparse.Namespace) -> None:
+    from bench.registry import load_plugin
+
+    for plugin in getattr(args, "plugin", None) or ():
+        load_plugin(plugin)
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.registry import METHODS, TASKS
+
+    registry = METHODS if args.what == "methods" else TASKS
+    entries = registry.entries(args.pattern)
+    if not entries:
+        print(f"no {args.what} match {args.pattern!r}")
+        return 1
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        extra = f"[{e.family}]" if args.what == "methods" else f"[{e.kind}, {e.main_metric}]"
+        cite = f" arXiv:{e.paper}" if e.paper else ""
+        source = "" if e.source == "vqbench" else f" (from {e.source})"
+        print(f"{e.name:<{width}}  v{e.version} {extra}{cite}  {e.description}{source}")
+        if args.verbose and e.defaults:
+            print(f"{'':<{width}}  defaults: {json.dumps(e.defaults, sort_keys=True)}")
+    for label, err in registry.plugin_errors.items():
+        print(f"warning: plugin {label} failed to import: {err}", file=sys.stderr)
+    return 0
+
+
+def _print_result(result: Any, spec: Any) -> None:
+    if result.status == "skipped":
+        print(f"run {result.run_id} ({spec.method} on {spec.task}, seed {spec.seed}) is already complete: "
+              "skipped (use --force to run it again)")
+        return
+    line = f"run {result.run_id} ({spec.method} on {spec.task}, seed {spec.seed}): {result.status}"
+    if result.error:
+        line += f": {result.error}"
+    keys = [k for k in ("mse", "psnr", "utilization", "perplexity") if k in result.final]
+    if keys:
+        line += " | " + ", ".join(f"{k}={result.final[k]:.4g}" for k in keys)
+    print(line + f" ({result.wall_time_s:.1f}s)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import make_spec, run
+
+    task_params, method_params, budget_overrides = parse_assignments(args.set)
+    budget: Any = args.budget
+    if budget_overrides:
+        from bench.runner import task_budget
+
+        base = task_budget(args.task, args.budget)
+        try:
+            budget = base.with_overrides(**budget_overrides)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad budget override: {exc}") from None
+    spec = make_spec(args.task, args.method, task_params, method_params, seed=args.seed, budget=budget)
+    result = run(spec, args.results, force=args.force, device=args.device)
+    _print_result(result, spec)
+    return 0 if result.status in ("ok", "skipped") else 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bench.store import ResultStore, final_metrics
+
+    store = ResultStore(args.results)
+    runs = store.load_runs()
+    if runs.empty:
+        print(f"no runs in {args.results} (run `vqbench quick` or `vqbench run` first)")
+        return 1
+    if args.task:
+        runs = runs[runs["task"] == args.task]
+    table = final_metrics(runs, store.load_metrics(args.task))
+    rows = []
+    for _, r in table.iterrows():
+        main = r["main_metric"]
+        value = r.get(f"metric.{main}")
+        rows.append({"run_id": r["run_id"], "task": r["task"], "method": r["method"], "seed": r["seed"],
+                     "status": r["status"], "main": f"{main}={value:.4g}" if pd.notna(value) else "",
+                     "utilization": r.get("metric.utilization"), "perplexity": r.get("metric.perplexity"),
+                     "wall_s": r["wall_time_s"]})
+    df = pd.DataFrame(rows).sort_values(["task", "method", "seed"])
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+    return 0
+
+
+def quick_specs(results: str) -> list[Any]:
+    """The `quick` suite: every method on every offline task, seed 0, the tasks' quick budgets."""
+    from bench.registry import METHODS, TASKS
+    from bench.runner import make_spec
+
+    specs = []
+    for task in TASKS.entries():
+        if not task.offline or "quick" not in task.budgets:
+            continue
+        for method in METHODS.list():
+            specs.append(make_spec(task.name, method, seed=0, budget="quick", tags=("quick",)))
+    return specs
+
+
+def cmd_quick(args: argparse.Namespace) -> int:
+    from bench.runner import run
+
+    specs = quick_specs(args.results)
+    print(f"vqbench quick: {len(specs)} runs into {args.results}/")
+    failed = 0
+    for spec in specs:
+        result = run(spec, args.results, device=args.device)
+        _print_result(result, spec)
+        failed += result.status not in ("ok", "skipped", "diverged")
+    from leaderboard.build import build_site
+
+    index = build_site(args.results, args.out)
+    print(f"leaderboard: {index}  (open it in a browser, or `vqbench leaderboard serve --out {args.out}`)")
+    if failed:
+        print(f"{failed} run(s) failed: see `vqbench results --results {args.results}`")
+    return 1 if failed else 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                        help="load a method/task plugin (a .py file or an importable module); repeatable")
+    parser = argparse.ArgumentParser(prog="vqbench", description="Benchmark of anti-collapse vector quantizers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="list registered methods or tasks")
+    p.add_argument("what", choices=["methods", "tasks"])
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'vq*'")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print default parameters")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", parents=[common], help="train and evaluate one method on one task")
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter: NAME or method.NAME, task.NAME, budget.NAME; repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", default="quick", help="named budget of the task (quick, paper)")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--force", action="store_true", help="run again even if this spec is complete")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("results", parents=[common], help="print the runs in a results folder")
+    p.add_argument("--results", default="results")
+    p.add_argument("--task", default=None)
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("quick", parents=[common],
+                       help="run the quick suite locally on offline data, then build the leaderboard")
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="site", help="where the leaderboard site is written (default: site)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_quick)
+
+    for module_name in AREA_CLIS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_commands(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("default", message="vqbench .* plugin")
+    try:
+        load_plugins(args)
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The Parquet result store: one file per run, written atomically, read with canonical schemas.
+
+Layout under a results root::
+
+    runs/<run_id>.parquet                    one row: spec, status, provenance
+    metrics/task=<task>/<run_id>.parquet     long format: (run_id, split, step, metric, value)
+    arrays/task=<task>/<run_id>.parquet      (run_id, split, step, name, values): histograms, spectra
+    checkpoints/<run_id>.pt                  the runner's resumable state (and final weights)
+
+Every file is written to a temporary name in the same folder and renamed into place, so concurrent
+array jobs never share a file and a crash never leaves a half-written one. A damaged file is skipped
+with a warning that names it. The run file is written last: its presence with a complete status is
+what makes a run complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.errors import UserError
+
+SCHEMA_VERSION = 1
+COMPLETE_STATUSES = ("ok", "diverged")  # deterministic outcomes: rerunning would give the same
+STATUSES = ("ok", "failed", "diverged", "timeout")
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("task", pa.string()),
+    ("task_version", pa.int64()),
+    ("task_params", pa.string()),  # canonical JSON
+    ("method", pa.string()),
+    ("method_version", pa.int64()),
+    ("method_params", pa.string()),  # canonical JSON
+    ("method_family", pa.string()),
+    ("method_source", pa.string()),  # "vqbench", "<dist>==<ver>", "file:<path>#sha256=..."
+    ("task_source", pa.string()),
+    ("seed", pa.int64()),
+    ("budget", pa.string()),  # canonical JSON
+    ("tags", pa.list_(pa.string())),
+    ("spec", pa.string()),  # the full RunSpec as canonical JSON (RunSpec.from_json reads it back)
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("main_metric", pa.string()),
+    ("higher_is_better", pa.bool_()),
+    ("steps_done", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("items_per_s", pa.float64()),
+    ("device", pa.string()),
+    ("hostname", pa.string()),
+    ("git_commit", pa.string()),
+    ("git_dirty", pa.bool_()),
+    ("versions", pa.string()),  # JSON: package -> version
+    ("slurm_job_id", pa.string()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("schema_version", pa.int64()),
+])
+
+METRICS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("split", pa.string()),
+    ("step", pa.int64()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+])
+
+ARRAYS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("split", pa.string()),
+    ("step", pa.int64()),
+    ("name", pa.string()),
+    ("values", pa.list_(pa.float64())),
+])
+
+_METADATA = {b"vqbench_schema_version": str(SCHEMA_VERSION).encode()}
+
+
+def _with_metadata(schema: pa.Schema) -> pa.Schema:
+    return schema.with_metadata(_METADATA)
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path, schema: pa.Schema) -> pa.Table | None:
+    try:
+        table = pq.read_table(path, schema=schema)
+    except Exception as exc:  # damaged, truncated, or written by an incompatible schema
+        warnings.warn(f"skipping damaged results file {path}: {type(exc).__name__}: {exc} "
+                      "(delete it and rerun that run)", stacklevel=3)
+        return None
+    return table
+
+
+class ResultStore:
+    """A results folder. All reads return pandas DataFrames with the canonical columns."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- paths ----------------------------------------------------------------------------------
+    def run_path(self, run_id: str) -> Path:
+        return self.root / "runs" / f"{run_id}.parquet"
+
+    def metrics_path(self, task: str, run_id: str) -> Path:
+        return self.root / "metrics" / f"task={task}" / f"{run_id}.parquet"
+
+    def arrays_path(self, task: str, run_id: str) -> Path:
+        return self.root / "arrays" / f"task={task}" / f"{run_id}.parquet"
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        return self.root / "checkpoints" / f"{run_id}.pt"
+
+    def ensure_writable(self) -> None:
+        """Fail with a clear message if results cannot be written here."""
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.root / "runs", prefix=".probe", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise UserError(f"results folder {self.root} is not writable ({exc.strerror}): "
+                            "pass another with --results") from None
+
+    # -- writing --------------------------------------------------------------------------------
+    def write_run(self, record: dict[str, Any]) -> Path:
+        row = {name: record.get(name) for name in RUNS_SCHEMA.names}
+        row["schema_version"] = SCHEMA_VERSION
+        if row["status"] not in STATUSES:
+            raise ValueError(f"unknown run status {row['status']!r}")
+        table = pa.Table.from_pylist([row], schema=_with_metadata(RUNS_SCHEMA))
+        path = self.run_path(row["run_id"])
+        atomic_write_table(table, path)
+        return path
+
+    def write_metrics(self, task: str, run_id: str, rows: Iterable[tuple[str, int, str, float]]) -> Path:
+        """Write all metric rows ``(split, step, metric, value)`` of one run (replaces earlier ones)."""
+        rows = list(rows)
+        table = pa.table({
+            "run_id": [run_id] * len(rows),
+            "split": [r[0] for r in rows],
+            "step": [int(r[1]) for r in rows],
+            "metric": [r[2] for r in rows],
+            "value": [float(r[3]) for r in rows],
+        }, schema=_with_metadata(METRICS_SCHEMA))
+        path = self.metrics_path(task, run_id)
+        atomic_write_table(table, path)
+        return path
+
+    def write_arrays(self, task: str, run_id: str, rows: Iterable[tuple[str, int, str, list[float]]]) -> Path:
+        rows = list(rows)
+        table = pa.table({
+            "run_id": [run_id] * len(rows),
+            "split": [r[0] for r in rows],
+            "step": [int(r[1]) for r in rows],
+            "name": [r[2] for r in rows],
+            "values": [[float(v) for v in r[3]] for r in rows],
+        }, schema=_with_metadata(ARRAYS_SCHEMA))
+        path = self.arrays_path(task, run_id)
+        atomic_write_table(table, path)
+        return path
+
+    # -- reading --------------------------------------------------------------------------------
+    def run_status(self, run_id: str) -> str | None:
+        path = self.run_path(run_id)
+        if not path.exists():
+            return None
+        table = _read(path, RUNS_SCHEMA)
+        if table is None or table.num_rows != 1:
+            return None
+        return table.column("status")[0].as_py()
+
+    def is_complete(self, run_id: str) -> bool:
+        return self.run_status(run_id) in COMPLETE_STATUSES
+
+    def _load(self, paths: list[Path], schema: pa.Schema) -> pd.DataFrame:
+        paths = sorted(paths)
+        if len(paths) > 64:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                tables = list(pool.map(lambda p: _read(p, schema), paths))
+        else:
+            tables = [_read(p, schema) for p in paths]
+        tables = [t for t in tables if t is not None]
+        if not tables:
+            return schema.empty_table().to_pandas()
+        return pa.concat_tables(tables).to_pandas()
+
+    def load_runs(self) -> pd.DataFrame:
+        """One row per run (the ``runs`` table); ``spec`` holds the full RunSpec JSON."""
+        return self._load(list((self.root / "runs").glob("*.parquet")), RUNS_SCHEMA)
+
+    def load_metrics(self, task: str | None = None, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Long-format metric rows, optionally for one task and/or some runs."""
+        base = self.root / "metrics"
+        if run_ids is not None:
+            wanted = set(run_ids)
+            paths = [p for p in base.glob(f"task={task or '*'}/*.parquet") if p.stem in wanted]
+        else:
+            paths = list(base.glob(f"task={task or '*'}/*.parquet"))
+        return self._load(paths, METRICS_SCHEMA)
+
+    def load_arrays(self, task: str | None = None, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        base = self.root / "arrays"
+        paths = list(base.glob(f"task={task or '*'}/*.parquet"))
+        if run_ids is not None:
+            wanted = set(run_ids)
+            paths = [p for p in paths if p.stem in wanted]
+        return self._load(paths, ARRAYS_SCHEMA)
+
+
+def load_runs(root: str | os.PathLike[str]) -> pd.DataFrame:
+    return ResultStore(root).load_runs()
+
+
+def load_metrics(root: str | os.PathLike[str], task: str | None = None) -> pd.DataFrame:
+    return ResultStore(root).load_metrics(task)
+
+
+def final_metrics(runs: pd.DataFrame, metrics: pd.DataFrame, split: str = "eval") -> pd.DataFrame:
+    """One row per run: ``runs`` columns plus each metric's value at the run's last ``split`` step."""
+    m = metrics[metrics["split"] == split]
+    if m.empty:
+        return runs.copy()
+    last = m.loc[m.groupby(["run_id", "metric"])["step"].idxmax()]
+    wide = last.pivot(index="run_id", columns="metric", values="value")
+    wide.columns = [f"metric.{c}" for c in wide.columns]
+    return runs.merge(wide, left_on="run_id", right_index=True, how="left")
+
+
+def parse_json_column(series: pd.Series) -> list[dict[str, Any]]:
+    return [json.loads(s) if isinstance(s, str) and s else {} for s in series]

@@ -1,0 +1,1 @@
+"""Result store -> static leaderboard website (reads the store only; never imports torch)."""

@@ -1,0 +1,1 @@
+"""Sweeps and job launching through submitit (Slurm, local and debug executors)."""

@@ -1,0 +1,77 @@
+"""The Task contract: a task supplies pieces, the runner owns the one training loop.
+
+A task (registered with ``@register_task``) is built with its params, then the runner calls
+``setup(device, seed)`` and ``stages(quantizer, budget)``. Each :class:`Stage` is trained by the same
+loop: ``batch(step)`` must be a pure function of ``step`` (so a resumed run sees the same batches),
+``loss(batch)`` returns the scalar to minimise plus scalar logs, and ``evaluate()`` measures the
+whole eval split. A generation task returns two stages (tokenizer, then prior).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.metrics import Evaluation
+
+
+@dataclass
+class Stage:
+    name: str
+    model: nn.Module  # every trainable parameter of this stage (frozen ones have requires_grad=False)
+    batch: Callable[[int], Any]  # step -> batch on the device; deterministic in step
+    loss: Callable[[Any], tuple[Tensor, dict[str, Tensor]]]
+    evaluate: Callable[[], Evaluation]
+    steps: int | None = None  # None: the budget's steps
+    lr: float | None = None  # None: the budget's lr
+    quantizer: nn.Module | None = None  # whose on_step the runner calls
+    items_per_batch: int = 0  # for the throughput figure (items/s)
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """Base class of tasks. Subclasses set ``latent_dim`` and ``codebook_size`` in ``__init__``."""
+
+    latent_dim: int
+    codebook_size: int
+    device: torch.device = torch.device("cpu")
+
+    def setup(self, device: torch.device, seed: int) -> None:
+        """Load or generate data (must be deterministic); called once before ``stages``."""
+        self.device = device
+
+    def stages(self, quantizer: nn.Module, budget: Any) -> list[Stage]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def feature_bank(self) -> Tensor | None:
+        """Features a method may initialise a large codebook from (VQGAN-LC); None if the task has none."""
+        return None
+
+
+class EpochSampler:
+    """Deterministic mini-batch indices: batch ``step`` of a fresh permutation per epoch.
+
+    ``indices(step)`` depends only on (n, batch_size, seed, step), which makes resumed runs see the
+    same batches as uninterrupted ones.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n <= 0:
+            raise ValueError("cannot sample batches from an empty training split")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = max(1, n // batch_size)
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> Tensor:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            size = self.per_epoch * self.batch_size
+            reps = -(-size // self.n)
+            self._perm = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[:size]
+            self._epoch = epoch
+        return self._perm[position * self.batch_size:(position + 1) * self.batch_size]

@@ -1,0 +1,132 @@
+"""Synthetic reconstruction tasks that run in seconds on a CPU.
+
+``gmm``: points from a Gaussian mixture in ``data_dim`` dimensions are encoded by an MLP to
+``latent_dim``, quantized, and decoded by a mirror MLP; the loss is the reconstruction MSE plus the
+quantizer's auxiliary loss. The data are generated from ``data_seed`` (identical for every method and
+training seed), standardised per dimension, and split into fixed train and eval sets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.metrics import CodebookUsage, Evaluation, collapse_metrics
+from bench.registry import register_task
+from tasks.base import EpochSampler, Stage, Task
+
+QUICK = {"steps": 600, "batch_size": 256, "lr": 2e-3, "eval_interval": 200}
+PAPER = {"steps": 20000, "batch_size": 1024, "lr": 1e-3, "eval_interval": 1000, "warmup_steps": 500}
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def gaussian_mixture(n: int, n_modes: int, data_dim: int, separation: float, generator: torch.Generator,
+                     centers: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``x = mu_c + eps``, ``c ~ U{n_modes}``, ``mu ~ N(0, separation^2 I)``, ``eps ~ N(0, I)``."""
+    if centers is None:
+        centers = torch.randn(n_modes, data_dim, generator=generator) * separation
+    labels = torch.randint(n_modes, (n,), generator=generator)
+    return centers[labels] + torch.randn(n, data_dim, generator=generator), centers
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+
+    def forward(self, x: Tensor):
+        z = self.encoder(x)
+        out = self.quantizer(z)
+        return self.decoder(out.z_q), z, out
+
+
+class VectorReconstructionTask(Task):
+    """Reconstruct vectors through encoder -> quantizer -> decoder (base of the synthetic tasks)."""
+
+    def __init__(self, data_dim: int, latent_dim: int, codebook_size: int, hidden: int, depth: int,
+                 n_train: int, n_eval: int, data_seed: int) -> None:
+        if min(data_dim, latent_dim, codebook_size, hidden, n_train, n_eval) < 1 or depth < 0:
+            raise ValueError("dims, sizes and counts must be positive (depth >= 0)")
+        self.data_dim, self.latent_dim, self.codebook_size = data_dim, latent_dim, codebook_size
+        self.hidden, self.depth = hidden, depth
+        self.n_train, self.n_eval, self.data_seed = n_train, n_eval, data_seed
+
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        g = torch.Generator().manual_seed(self.data_seed)
+        train, test = self.make_data(g)
+        mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
+        self.train_x = ((train - mean) / std).to(device)
+        self.eval_x = ((test - mean) / std).to(device)
+        self.seed = seed
+
+    def build_model(self, quantizer: nn.Module) -> Autoencoder:
+        widths = [self.hidden] * self.depth
+        encoder = mlp([self.data_dim, *widths, self.latent_dim])
+        decoder = mlp([self.latent_dim, *widths, self.data_dim])
+        return Autoencoder(encoder, quantizer, decoder).to(self.device)
+
+    def stages(self, quantizer: nn.Module, budget) -> list[Stage]:
+        model = self.build_model(quantizer)
+        sampler = EpochSampler(self.n_train, budget.batch_size, self.seed)
+
+        def batch(step: int) -> Tensor:
+            return self.train_x[sampler.indices(step).to(self.device)]
+
+        def loss(x: Tensor):
+            x_hat, _, out = model(x)
+            rec = F.mse_loss(x_hat, x)
+            logs = {"rec_loss": rec.detach(), "quant_loss": out.loss.detach()}
+            logs.update({f"q/{k}": v for k, v in out.stats.items()})
+            return rec + out.loss, logs
+
+        @torch.no_grad()
+        def evaluate() -> Evaluation:
+            usage = CodebookUsage(quantizer.codebook_size).to(self.device)
+            sq_err, embeddings = 0.0, []
+            for start in range(0, self.n_eval, 4096):
+                x = self.eval_x[start:start + 4096]
+                x_hat, z, out = model(x)
+                sq_err += float((x_hat - x).pow(2).sum())
+                usage.update(out.indices)
+                embeddings.append(z)
+            ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), torch.cat(embeddings),
+                                  reference=self.eval_x, seed=0)
+            ev.metrics["mse"] = sq_err / (self.n_eval * self.data_dim)
+            return ev
+
+        return [Stage("autoencoder", model, batch, loss, evaluate, quantizer=quantizer,
+                      items_per_batch=budget.batch_size)]
+
+
+@register_task("gmm", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+               description="Reconstruct points of a Gaussian mixture through an MLP autoencoder",
+               budgets={"quick": QUICK, "paper": PAPER},
+               n_modes=64, data_dim=32, latent_dim=16, codebook_size=256, separation=2.0,
+               hidden=128, depth=2, n_train=16384, n_eval=4096, data_seed=0)
+class GaussianMixtureTask(VectorReconstructionTask):
+    """Gaussian-mixture reconstruction: ``n_modes`` clusters, ``separation`` x the noise scale apart."""
+
+    def __init__(self, n_modes: int, data_dim: int, latent_dim: int, codebook_size: int, separation: float,
+                 hidden: int, depth: int, n_train: int, n_eval: int, data_seed: int) -> None:
+        super().__init__(data_dim, latent_dim, codebook_size, hidden, depth, n_train, n_eval, data_seed)
+        if n_modes < 1 or separation < 0:
+            raise ValueError("n_modes must be >= 1 and separation >= 0")
+        self.n_modes, self.separation = n_modes, separation
+
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        train, centers = gaussian_mixture(self.n_train, self.n_modes, self.data_dim, self.separation, generator)
+        test, _ = gaussian_mixture(self.n_eval, self.n_modes, self.data_dim, self.separation, generator, centers)
+        return train, test
