@@ -44,7 +44,12 @@ RUNS_SCHEMA = pa.schema([
     ("method_params", pa.string()),  # canonical JSON
     ("method_family", pa.string()),
     ("method_source", pa.string()),  # "vqbench", "<dist>==<ver>", "file:<path>#sha256=..."
+    ("method_paper", pa.string()),  # arXiv id
+    ("method_description", pa.string()),
+    ("method_defaults", pa.string()),  # canonical JSON of the registered defaults
     ("task_source", pa.string()),
+    ("task_kind", pa.string()),  # synthetic | reconstruction | generation
+    ("task_description", pa.string()),
     ("seed", pa.int64()),
     ("budget", pa.string()),  # canonical JSON
     ("tags", pa.list_(pa.string())),
