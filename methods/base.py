@@ -88,3 +88,18 @@ def nearest_code(x: Tensor, codes: Tensor, *, chunk_elements: int = SEARCH_CHUNK
 def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
     """Forward value ``z_q``, gradient identity to ``z`` (Bengio et al. 2013; VQ-VAE eq. 3)."""
     return z + (z_q - z).detach()
+
+
+def data_relative_codes(z: Tensor, codebook_size: int, scale: float, offset: float) -> Tensor:
+    """Codes drawn relative to the statistics of a batch of inputs ``z`` (N, d): the restricted-init knob.
+
+    ``c_k = mu + offset * sigma + scale * sigma * eps_k``, ``eps_k ~ N(0, I)``, with ``mu`` and ``sigma`` the
+    per-dimension mean and std of ``z``. ``scale=1, offset=0`` spreads the codes like the data; a small
+    ``scale`` squeezes them into a ball much narrower than the data and ``offset`` moves them away from the
+    data's mean (tokens collapse appears when either restricts the initial codebook).
+    """
+    z = z.detach().reshape(-1, z.shape[-1]).float()
+    mu = z.mean(dim=0)
+    sigma = z.std(dim=0).clamp_min(1e-6) if z.shape[0] > 1 else torch.ones_like(mu)
+    eps = torch.randn(codebook_size, z.shape[-1], device=z.device)
+    return mu + offset * sigma + scale * sigma * eps
