@@ -231,6 +231,7 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
             task = TASKS.create(spec.task, **spec.task_params)
             method_kwargs = {"dim": task.latent_dim, "codebook_size": task.codebook_size, **spec.method_params}
             quantizer = METHODS.create(spec.method, **method_kwargs)
+            task.run_spec, task.results_root = spec, store.root  # e.g. to reuse a finished tokenizer run
             task.setup(dev, spec.seed)
             bank = task.feature_bank()
             if bank is not None and hasattr(quantizer, "init_from_feature_bank"):

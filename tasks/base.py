@@ -39,6 +39,10 @@ class Task:
     latent_dim: int
     codebook_size: int
     device: torch.device = torch.device("cpu")
+    # set by the runner before setup(): the RunSpec being run and the results folder (a generation task
+    # looks there for a finished tokenizer run to reuse)
+    run_spec: Any = None
+    results_root: Any = None
 
     def setup(self, device: torch.device, seed: int) -> None:
         """Load or generate data (must be deterministic); called once before ``stages``."""
