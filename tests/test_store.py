@@ -1,0 +1,78 @@
+import os
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from bench.store import ResultStore, atomic_write_table, final_metrics
+
+
+def record(run_id="r1", status="ok", task="gmm"):
+    now = datetime.now(timezone.utc)
+    return {"run_id": run_id, "task": task, "method": "vq", "seed": 0, "status": status, "tags": ["suite:x"],
+            "started_at": now, "finished_at": now, "wall_time_s": 1.5, "git_dirty": False}
+
+
+def test_round_trip_with_canonical_schema(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_run(record())
+    store.write_metrics("gmm", "r1", [("eval", 0, "mse", 2.0), ("eval", 10, "mse", 1.0), ("train", 10, "loss", 3.0)])
+    store.write_arrays("gmm", "r1", [("eval", 10, "usage_histogram", [3, 2, 0])])
+    runs = store.load_runs()
+    assert list(runs["run_id"]) == ["r1"] and runs["schema_version"].iloc[0] == 1
+    assert list(runs["tags"].iloc[0]) == ["suite:x"]
+    assert pd.isna(runs["method_params"].iloc[0])  # absent fields are null, columns always present
+    metrics = store.load_metrics("gmm")
+    assert len(metrics) == 3 and set(metrics.columns) == {"run_id", "split", "step", "metric", "value"}
+    assert list(store.load_arrays()["values"].iloc[0]) == [3.0, 2.0, 0.0]
+    final = final_metrics(runs, metrics)
+    assert final["metric.mse"].iloc[0] == 1.0  # value at the last eval step
+
+
+def test_completion_statuses(tmp_path):
+    store = ResultStore(tmp_path)
+    assert not store.is_complete("r1")
+    store.write_run(record("r1", "failed"))
+    assert not store.is_complete("r1")
+    store.write_run(record("r1", "diverged"))
+    assert store.is_complete("r1")
+    with pytest.raises(ValueError, match="unknown run status"):
+        store.write_run(record("r2", "weird"))
+
+
+def test_damaged_file_is_skipped_with_a_warning_naming_it(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_run(record("good"))
+    bad = store.run_path("bad")
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.warns(UserWarning, match=r"skipping damaged results file .*bad\.parquet"):
+        runs = store.load_runs()
+    assert list(runs["run_id"]) == ["good"]
+    with pytest.warns(UserWarning):
+        assert not store.is_complete("bad")
+
+
+def test_atomic_write_leaves_old_file_intact_on_failure(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "x.parquet"
+    atomic_write_table(pa.table({"a": [1]}), path)
+
+    def explode(table, where):
+        with open(where, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", explode)
+    with pytest.raises(OSError):
+        atomic_write_table(pa.table({"a": [2]}), path)
+    monkeypatch.undo()
+    assert pq.read_table(path).column("a").to_pylist() == [1]
+    assert os.listdir(tmp_path) == ["x.parquet"]  # no temp file left behind
+
+
+def test_empty_store_has_canonical_columns(tmp_path):
+    store = ResultStore(tmp_path)
+    assert "status" in store.load_runs().columns
+    assert list(store.load_metrics().columns) == ["run_id", "split", "step", "metric", "value"]
