@@ -171,6 +171,29 @@ def cmd_quick(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench.registry import METHODS
+    from bench.testing import check_quantizer
+
+    METHODS.get(args.name)  # unknown names fail with suggestions
+    _, method_params, _ = parse_assignments(args.set)
+    results = check_quantizer(args.name, dim=args.dim, codebook_size=args.codebook_size, params=method_params)
+    for result in results:
+        print(result.line())
+    failed = sum(r.status == "fail" for r in results)
+    print(f"{args.name}: {len(results) - failed} of {len(results)} checks passed or skipped, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from bench.scaffold import scaffold_method
+
+    root = scaffold_method(args.name, args.dir, family=args.family)
+    print(f"wrote plugin {args.name!r} to {root}/\nnext: pip install -e {root} && vqbench list methods {args.name} "
+          f"&& vqbench check method {args.name}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -208,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="site", help="where the leaderboard site is written (default: site)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_quick)
+
+    p = sub.add_parser("check", parents=[common], help="run the Quantizer conformance kit on a method")
+    p.add_argument("what", choices=["method"])
+    p.add_argument("name")
+    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--codebook-size", type=int, default=16)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter override; repeatable")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("new", parents=[common], help="scaffold a plugin package for a new method")
+    p.add_argument("what", choices=["method"])
+    p.add_argument("name")
+    p.add_argument("--dir", default=None, help="where to write it (default: ./vqbench-NAME)")
+    p.add_argument("--family", default="vq", help="method family shown on the leaderboard")
+    p.set_defaults(func=cmd_new)
 
     for module_name in AREA_CLIS:
         try:

@@ -1,0 +1,119 @@
+"""A newcomer's path: scaffold a plugin, fill in a real quantizer, install, list, check, run, find its row."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.registry import METHODS, load_plugin
+
+# A small real method the "researcher" fills in: cosine-similarity lookup with l2-normalised codes.
+FILLED_IN = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import register_method
+from methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
+
+
+@register_method("{name}", version=1, paper="2110.04627", family="vq", description="cosine VQ (e2e test)",
+                 beta=0.25)
+class CosineQuantizer(Quantizer):
+    def __init__(self, dim, codebook_size, beta=0.25):
+        super().__init__()
+        self.dim, self.codebook_size, self.beta = dim, codebook_size, beta
+        self.codes = nn.Parameter(torch.randn(codebook_size, dim))
+
+    def codebook(self):
+        return F.normalize(self.codes, dim=-1)
+
+    def forward(self, z):
+        flat = F.normalize(z.reshape(-1, self.dim), dim=-1)
+        idx = nearest_code(flat, self.codebook())
+        codes = self.codebook()[idx]
+        loss = F.mse_loss(codes, flat.detach()) + self.beta * F.mse_loss(flat, codes.detach())
+        return QuantizeOutput(straight_through(flat, codes).reshape(z.shape), idx.reshape(z.shape[:-1]), loss, {{}})
+'''
+
+
+def pip(*args):
+    return subprocess.run([sys.executable, "-m", "pip", *args, "-q", "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_scaffold_install_check_run_leaderboard(tmp_path, capsys):
+    import importlib.metadata as md
+
+    name = "e2e-cosine-vq"
+    root = tmp_path / "plugin"
+    assert main(["new", "method", name, "--dir", str(root)]) == 0
+    method_py = root / "vqbench_e2e_cosine_vq" / "method.py"
+    assert "class E2eCosineVqQuantizer(Quantizer)" in method_py.read_text()
+    method_py.write_text(FILLED_IN.format(name=name))
+    installed = pip("install", "--no-deps", "--no-build-isolation", "-e", str(root))
+    assert installed.returncode == 0, installed.stderr
+    try:
+        # a fresh process sees the entry point, as a user's next command would
+        listed = subprocess.run([sys.executable, "-m", "bench.cli", "list", "methods", "e2e*"],
+                                capture_output=True, text=True, timeout=120)
+        assert name in listed.stdout and "vqbench-e2e-cosine-vq==0.1.0" in listed.stdout, listed.stderr
+        checked = subprocess.run([sys.executable, "-m", "bench.cli", "check", "method", name],
+                                 capture_output=True, text=True, timeout=300)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "0 failed" in checked.stdout
+        results, site = tmp_path / "results", tmp_path / "site"
+        ran = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--task", "gmm", "--method", name,
+                              "--results", str(results), "--set", "task.n_train=512", "--set", "task.n_eval=256",
+                              "--set", "budget.steps=20", "--set", "budget.eval_interval=10"],
+                             capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0 and ": ok" in ran.stdout, ran.stdout + ran.stderr
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+                               capture_output=True, text=True, timeout=300, cwd=root)
+        assert tests.returncode == 0, tests.stdout
+        assert main(["leaderboard", "build", "--results", str(results), "--out", str(site)]) == 0
+        pages = "".join(p.read_text() for p in site.rglob("*.html"))
+        assert name in pages and "vqbench-e2e-cosine-vq" in pages  # its row, with its source
+        from bench.store import ResultStore
+
+        row = ResultStore(results).load_runs().iloc[0]
+        assert row.method == name and row.method_source == "vqbench-e2e-cosine-vq==0.1.0"
+    finally:
+        pip("uninstall", "-y", "vqbench-e2e-cosine-vq")
+        md.distributions.cache_clear() if hasattr(md.distributions, "cache_clear") else None
+
+
+def test_plugin_cannot_replace_a_builtin(tmp_path):
+    plugin = tmp_path / "steal.py"
+    plugin.write_text("from bench.registry import register_method\n"
+                      "register_method('vq', family='vq', description='impostor')(lambda dim, codebook_size: None)\n")
+    with pytest.raises(UserError, match=r"'vq' is registered twice: by vqbench .* and by file:.*steal\.py"):
+        load_plugin(str(plugin))
+    assert METHODS.get("vq").source == "vqbench"
+
+
+def test_broken_plugin_on_the_command_line_is_one_line(tmp_path, capsys):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("import no_such_dependency_xyz\n")
+    assert main(["list", "methods", "--plugin", str(plugin)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: plugin") and "broken_plugin.py" in err and "no_such_dependency_xyz" in err
+    assert main(["list", "methods", "vq"]) == 0  # everything else keeps working
+
+
+def test_scaffold_refuses_bad_names_and_non_empty_dirs(tmp_path):
+    with pytest.raises(UserError, match="lowercase"):
+        main_args = ["new", "method", "Bad Name", "--dir", str(tmp_path / "x")]
+        from bench.scaffold import scaffold_method
+
+        scaffold_method(main_args[2], tmp_path / "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        from bench.scaffold import scaffold_method
+
+        scaffold_method("ok-name", tmp_path / "full")
+    assert Path(tmp_path / "x").exists() is False
