@@ -130,3 +130,44 @@ class GaussianMixtureTask(VectorReconstructionTask):
         train, centers = gaussian_mixture(self.n_train, self.n_modes, self.data_dim, self.separation, generator)
         test, _ = gaussian_mixture(self.n_eval, self.n_modes, self.data_dim, self.separation, generator, centers)
         return train, test
+
+
+def random_manifold(n: int, intrinsic_dim: int, data_dim: int, generator: torch.Generator,
+                    weights: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``x = W2 tanh(W1 u)``, ``u ~ N(0, I_intrinsic)``: a smooth ``intrinsic_dim``-manifold in ``data_dim`` dims.
+
+    ``W1`` (4 intrinsic x intrinsic) and ``W2`` (data_dim x 4 intrinsic) are fixed Gaussian matrices drawn once
+    from the data seed, scaled so that tanh is in its curved regime.
+    """
+    if weights is None:
+        w1 = torch.randn(4 * intrinsic_dim, intrinsic_dim, generator=generator) * (1.5 / intrinsic_dim**0.5)
+        w2 = torch.randn(data_dim, 4 * intrinsic_dim, generator=generator) / (4 * intrinsic_dim) ** 0.5
+        weights = (w1, w2)
+    u = torch.randn(n, intrinsic_dim, generator=generator)
+    return torch.tanh(u @ weights[0].t()) @ weights[1].t(), weights
+
+
+@register_task("manifold", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+               description="Reconstruct points of a curved 16-dim manifold in 64 dims; the encoder's width and depth "
+                           "are the embeddings-collapse knob",
+               budgets={"quick": QUICK, "paper": PAPER},
+               intrinsic_dim=16, data_dim=64, latent_dim=32, codebook_size=256, hidden=128, depth=2,
+               n_train=16384, n_eval=4096, data_seed=0)
+class ManifoldTask(VectorReconstructionTask):
+    """Data whose intrinsic dimension (16) exceeds what a narrow encoder (``hidden`` < 16) can keep.
+
+    Embeddings collapse shows as an encoder-output effective rank far below the data's own
+    (``embeddings_collapse_index`` << 1); widening or deepening the encoder (``hidden``, ``depth``) cures it.
+    """
+
+    def __init__(self, intrinsic_dim: int, data_dim: int, latent_dim: int, codebook_size: int, hidden: int,
+                 depth: int, n_train: int, n_eval: int, data_seed: int) -> None:
+        super().__init__(data_dim, latent_dim, codebook_size, hidden, depth, n_train, n_eval, data_seed)
+        if not 1 <= intrinsic_dim:
+            raise ValueError("intrinsic_dim must be >= 1")
+        self.intrinsic_dim = intrinsic_dim
+
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        train, weights = random_manifold(self.n_train, self.intrinsic_dim, self.data_dim, generator)
+        test, _ = random_manifold(self.n_eval, self.intrinsic_dim, self.data_dim, generator, weights)
+        return train, test
