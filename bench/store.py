@@ -88,6 +88,24 @@ ARRAYS_SCHEMA = pa.schema([
     ("values", pa.list_(pa.float64())),
 ])
 
+PERF_SCHEMA = pa.schema([
+    ("perf_id", pa.string()),  # one id per `vqbench perf` invocation
+    ("created_at", pa.timestamp("us", tz="UTC")),
+    ("device", pa.string()),  # e.g. "cpu (2 threads)", "cuda: NVIDIA H100 80GB HBM3"
+    ("implementation", pa.string()),  # "vqbench" | "vector-quantize-pytorch" | "torch.mm"
+    ("method", pa.string()),
+    ("codebook_size", pa.int64()),
+    ("dim", pa.int64()),
+    ("n", pa.int64()),
+    ("measure", pa.string()),  # forward_backward | nearest_code_search | matmul
+    ("time_ms", pa.float64()),  # median over repeats
+    ("peak_memory_mb", pa.float64()),
+    ("gflops", pa.float64()),  # achieved rate where the op has a FLOP count
+    ("status", pa.string()),  # ok | out_of_memory | unsupported | error
+    ("note", pa.string()),
+    ("versions", pa.string()),
+])
+
 _METADATA = {b"vqbench_schema_version": str(SCHEMA_VERSION).encode()}
 
 
@@ -133,6 +151,9 @@ class ResultStore:
 
     def arrays_path(self, task: str, run_id: str) -> Path:
         return self.root / "arrays" / f"task={task}" / f"{run_id}.parquet"
+
+    def perf_path(self, perf_id: str) -> Path:
+        return self.root / "perf" / f"{perf_id}.parquet"
 
     def checkpoint_path(self, run_id: str) -> Path:
         return self.root / "checkpoints" / f"{run_id}.pt"
@@ -185,6 +206,14 @@ class ResultStore:
         atomic_write_table(table, path)
         return path
 
+    def write_perf(self, perf_id: str, rows: list[dict[str, Any]]) -> Path:
+        """Write the rows of one performance measurement (``PERF_SCHEMA``) atomically."""
+        table = pa.Table.from_pylist([{n: r.get(n) for n in PERF_SCHEMA.names} for r in rows],
+                                     schema=_with_metadata(PERF_SCHEMA))
+        path = self.perf_path(perf_id)
+        atomic_write_table(table, path)
+        return path
+
     # -- reading --------------------------------------------------------------------------------
     def run_status(self, run_id: str) -> str | None:
         path = self.run_path(run_id)
@@ -231,6 +260,11 @@ class ResultStore:
             wanted = set(run_ids)
             paths = [p for p in paths if p.stem in wanted]
         return self._load(paths, ARRAYS_SCHEMA)
+
+
+def load_perf(root: str | os.PathLike[str]) -> pd.DataFrame:
+    store = ResultStore(root)
+    return store._load(list((store.root / "perf").glob("*.parquet")), PERF_SCHEMA)
 
 
 def load_runs(root: str | os.PathLike[str]) -> pd.DataFrame:
