@@ -1,0 +1,142 @@
+"""Affine-reparameterised VQ with synchronized commitment and an optional alternating codebook step.
+
+Huh et al., "Straightening Out the Straight-Through Estimator: Overcoming Optimization Challenges in Vector
+Quantized Networks", arXiv:2305.08842 (reference: minyoungg/vqtorch, ``VectorQuant`` and ``AffineTransform``;
+defaults from its README example: ``beta=0.98``, ``affine_lr=10``, ``sync_nu=0.2``).
+
+* effective codes ``e_k = s * c_k + t`` (one ``s``, ``t`` in R^dim shared by all codes), either
+  ``affine="learned"``: ``s = 1 + affine_lr * a``, ``t = affine_lr * b`` with ``a = b = 0`` at start (``affine_lr``
+  scales the learning rate of ``a``, ``b``), or ``affine="running"``: ``s = sqrt(var_z / (var_c + 1e-8))``,
+  ``t = mean_z - s * mean_c`` (``e_k = (c_k - mean_c) / std_c * std_z + mean_z``) from EMA statistics of the
+  batch latents and the raw codebook (biased variances, momentum 0.1, first training batch copied), updated
+  before the lookup, in training only; or ``affine="none"``;
+* index ``k = argmin_k ||z - e_k||^2``; loss ``(1 - beta) ||z - sg[e_k]||^2 + beta ||sg[z] - e_k||^2``
+  (vqtorch's convex combination: ``beta = 0.98`` weights the codebook side);
+* synchronized update: ``z_q = z + sg[e_k - z] + nu e_k - sg[nu e_k]``: value ``e_k``, the decoder's gradient
+  ``g`` reaches ``z`` as in the STE and also the code, as ``nu g`` (``nu = sync_nu``);
+* alternating step (``alternating=True``), realised inside the module because the runner owns the optimizer, as
+  vqtorch's ``inplace_optimizer``: in each training forward, after the lookup and before the loss, one SGD step
+  with momentum (``alt_lr``, ``alt_momentum``; velocity kept in a buffer) on the raw codebook ``c`` for
+  ``||sg[z] - e_k||^2`` with the batch's assignments held fixed; the codes are then re-read (assignments not
+  recomputed, as in vqtorch) and the usual loss and STE follow, so the runner's optimizer also steps ``c``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.registry import register_method
+from methods.base import QuantizeOutput, Quantizer, check_last_dim, data_relative_codes, nearest_code, straight_through
+
+AFFINES = ("learned", "running", "none")
+
+
+@register_method("vq-affine", version=1, paper="2305.08842", family="reparameterised-codebook",
+                 description="Affine-reparameterised codebook, synchronized commitment (nu), optional alternating "
+                             "codebook step (Huh et al.)",
+                 beta=0.98, sync_nu=0.2, affine="learned", affine_lr=10.0, momentum=0.1, alternating=False,
+                 alt_lr=50.0, alt_momentum=0.9, init="normal")
+class AffineVQ(Quantizer):
+    """Raw codebook ``embedding`` (K, dim) seen through a shared affine map.
+
+    Restricted-init knob on the raw codebook: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
+    ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws it with
+    :func:`methods.base.data_relative_codes` on the first training batch (flag buffer ``data_initialised``).
+    """
+
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.98, sync_nu: float = 0.2,
+                 affine: str = "learned", affine_lr: float = 10.0, momentum: float = 0.1, alternating: bool = False,
+                 alt_lr: float = 50.0, alt_momentum: float = 0.9, init: str = "normal", init_scale: float = 1.0,
+                 init_offset: float = 0.0) -> None:
+        super().__init__()
+        if codebook_size < 1 or dim < 1:
+            raise ValueError("dim and codebook_size must be >= 1")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1] (a convex weight), got {beta}")
+        if affine not in AFFINES:
+            raise ValueError(f"affine must be one of {AFFINES}, got {affine!r}")
+        if init not in ("normal", "uniform", "data"):
+            raise ValueError(f"init must be 'normal', 'uniform' or 'data', got {init!r}")
+        self.dim, self.codebook_size = dim, codebook_size
+        self.beta, self.nu, self.affine, self.affine_lr, self.momentum = beta, sync_nu, affine, affine_lr, momentum
+        self.alternating, self.alt_lr, self.alt_momentum = alternating, alt_lr, alt_momentum
+        self.init_scale, self.init_offset = init_scale, init_offset
+        k = codebook_size
+        weight = torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k) if init == "uniform" else torch.randn(k, dim)
+        if init != "data":
+            weight = weight * init_scale + init_offset
+        self.embedding = nn.Parameter(weight)
+        self.register_buffer("data_initialised", torch.tensor(init != "data"))
+        if affine == "learned":
+            self.affine_scale = nn.Parameter(torch.zeros(dim))
+            self.affine_bias = nn.Parameter(torch.zeros(dim))
+        elif affine == "running":
+            self.register_buffer("stats_initialised", torch.tensor(False))
+            for name, value in (("z_mean", 0.0), ("z_var", 1.0), ("c_mean", 0.0), ("c_var", 1.0)):
+                self.register_buffer(name, torch.full((dim,), value))
+        if alternating:
+            self.register_buffer("alt_velocity", torch.zeros(k, dim))
+
+    def affine_params(self) -> tuple[Tensor, Tensor]:
+        """(scale, shift), each (dim,)."""
+        if self.affine == "learned":
+            return 1.0 + self.affine_lr * self.affine_scale, self.affine_lr * self.affine_bias
+        if self.affine == "running":
+            scale = (self.z_var / (self.c_var + 1e-8)).sqrt()
+            return scale, self.z_mean - scale * self.c_mean
+        ones = torch.ones(self.dim, device=self.embedding.device)
+        return ones, torch.zeros_like(ones)
+
+    def codebook(self) -> Tensor:
+        scale, shift = self.affine_params()
+        return self.embedding * scale + shift
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        scale, shift = self.affine_params()
+        return self.embedding[indices] * scale + shift
+
+    @torch.no_grad()
+    def _update_running_stats(self, flat: Tensor) -> None:
+        z_mean, z_var = flat.mean(0), flat.var(0, unbiased=False)
+        c_mean, c_var = self.embedding.mean(0), self.embedding.var(0, unbiased=False)
+        m = 1.0 if not bool(self.stats_initialised) else self.momentum
+        for buf, new in ((self.z_mean, z_mean), (self.z_var, z_var), (self.c_mean, c_mean), (self.c_var, c_var)):
+            buf.mul_(1 - m).add_(new, alpha=m)
+        self.stats_initialised.fill_(True)
+
+    def _alternating_step(self, flat: Tensor, indices: Tensor) -> None:
+        with torch.enable_grad():
+            inner = F.mse_loss(self.decode_indices(indices), flat.detach())
+            (grad,) = torch.autograd.grad(inner, [self.embedding])
+        with torch.no_grad():
+            self.alt_velocity.mul_(self.alt_momentum).add_(grad)
+            self.embedding.sub_(self.alt_lr * self.alt_velocity)
+
+    def forward(self, z: Tensor) -> QuantizeOutput:
+        check_last_dim(z, self.dim)
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.reshape(-1, self.dim).float()
+            if self.training and not bool(self.data_initialised):
+                with torch.no_grad():
+                    self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale,
+                                                             self.init_offset))
+                    self.data_initialised.fill_(True)
+            if self.training and self.affine == "running" and flat.shape[0] > 0:
+                self._update_running_stats(flat)
+            with torch.no_grad():
+                indices = nearest_code(flat, self.codebook())
+            if self.training and self.alternating and flat.shape[0] > 0:
+                self._alternating_step(flat, indices)
+            codes = self.decode_indices(indices)
+            commitment_loss = F.mse_loss(flat, codes.detach())
+            codebook_loss = F.mse_loss(codes, flat.detach())
+            loss = (1 - self.beta) * commitment_loss + self.beta * codebook_loss
+            z_q = straight_through(flat, codes)
+            if self.nu:
+                z_q = z_q + self.nu * codes - (self.nu * codes).detach()
+            scale, shift = self.affine_params()
+        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss,
+                              {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach(),
+                               "affine_scale_mean": scale.detach().mean(), "affine_shift_mean": shift.detach().mean()})

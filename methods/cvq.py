@@ -1,0 +1,161 @@
+"""CVQ-VAE: online clustered codebook, under-used codes pulled toward anchors from the batch.
+
+Zheng & Vedaldi, "Online Clustered Codebook", arXiv:2307.15139 (reference: lyndonzheng/CVQ-VAE, ``quantise.py``,
+defaults of its ``main.py``: cosine lookup, ``closest`` anchors, beta 0.25, decay 0.99).
+
+Forward (codes ``c_k`` a learnable codebook):
+
+* lookup: ``k_i = argmax_k cos(z_i, c_k)`` (``distance="cos"``) or ``argmin_k ||z_i - c_k||^2`` (``"l2"``);
+  ``z_q = z + sg[c_k - z]``; ``L = beta ||z - sg[c_k]||^2 + ||sg[z] - c_k||^2`` (means over elements).
+
+Training only, after the lookup (the reference's exact order and constants):
+
+1. running usage ``p_k <- gamma p_k + (1 - gamma) n_k / N`` (``n_k`` batch count, ``gamma = decay = 0.99``);
+2. rate ``alpha_k = exp(-(p_k K 10) / (1 - gamma) - 1e-3)`` (the 1e-3 is inside the exponent, as in the code;
+   an unused code gets ``alpha ~ 0.999``, a code used at the uniform rate ``1/K`` gets ``exp(-1000) = 0``);
+3. anchors ``a_k`` (``anchor=``): ``"closest"`` the batch feature most similar to ``c_k`` (same similarity as
+   the lookup), ``"random"`` row ``k`` of the reference's feature pool (K rows; filled with the batch features
+   while fewer than K were seen, then overwritten at random rows / re-drawn from the batch, see
+   :meth:`ClusteredVQ._pool_query`), ``"probrandom"`` a batch feature drawn from ``softmax_i(sim(z_i, c_k))``;
+4. ``c_k <- (1 - alpha_k) c_k + alpha_k a_k`` (in place, no gradient), every step.
+
+Not included: the reference's optional contrastive loss (``contras_loss``, off by default) and its one-shot
+``first_batch`` mode. All similarity work is chunked (no N x K matrix beyond a bounded chunk).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.registry import register_method
+from methods.base import (
+    SEARCH_CHUNK_ELEMENTS,
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+    straight_through,
+)
+from methods.ibq import max_inner_product
+
+ANCHORS = ("closest", "random", "probrandom")
+
+
+@register_method("cvq", version=1, paper="2307.15139", family="codebook-reinit",
+                 description="CVQ-VAE: EMA code usage; under-used codes pulled toward batch anchors at rate "
+                             "exp(-10 K p_k / (1 - gamma))",
+                 beta=0.25, decay=0.99, distance="cos", anchor="closest", init="uniform")
+class ClusteredVQ(Quantizer):
+    """CVQ-VAE quantiser. State: ``embedding`` (K, dim), ``embed_prob`` (K,) EMA usage, the anchor pool.
+
+    Restricted-init knob: ``init="uniform"`` (reference: U(-1/K, 1/K)), ``"normal"`` (N(0, 1)), both times
+    ``init_scale`` plus ``init_offset``, or ``"data"`` (:func:`methods.base.data_relative_codes` on the first
+    training batch, flag buffer ``data_initialised``).
+    """
+
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, decay: float = 0.99,
+                 distance: str = "cos", anchor: str = "closest", init: str = "uniform", init_scale: float = 1.0,
+                 init_offset: float = 0.0) -> None:
+        super().__init__()
+        if codebook_size < 1 or dim < 1:
+            raise ValueError("dim and codebook_size must be >= 1")
+        if distance not in ("cos", "l2"):
+            raise ValueError(f"distance must be 'cos' or 'l2', got {distance!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError("decay must be in [0, 1)")
+        if init not in ("uniform", "normal", "data"):
+            raise ValueError(f"init must be 'uniform', 'normal' or 'data', got {init!r}")
+        self.dim, self.codebook_size = dim, codebook_size
+        self.beta, self.decay, self.distance, self.anchor = beta, decay, distance, anchor
+        self.init_scale, self.init_offset = init_scale, init_offset
+        k = codebook_size
+        weight = torch.randn(k, dim) if init == "normal" else torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k)
+        if init != "data":
+            weight = weight * init_scale + init_offset
+        self.embedding = nn.Parameter(weight)
+        self.register_buffer("embed_prob", torch.zeros(k))
+        self.register_buffer("data_initialised", torch.tensor(init != "data"))
+        if anchor == "random":  # the reference FeaturePool: K slots, U(-1/K, 1/K) until filled
+            self.register_buffer("pool", (torch.rand(k, dim) * 2 - 1) / k)
+            self.register_buffer("pool_count", torch.zeros((), dtype=torch.long))
+
+    def codebook(self) -> Tensor:
+        return self.embedding
+
+    def _prepared(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1) if self.distance == "cos" else x
+
+    def lookup(self, flat: Tensor, codes: Tensor) -> Tensor:
+        """Most similar code per row: max cosine or min squared L2."""
+        if self.distance == "cos":
+            return max_inner_product(self._prepared(flat), self._prepared(codes))
+        return nearest_code(flat, codes)
+
+    @torch.no_grad()
+    def anchors(self, flat: Tensor, codes: Tensor) -> Tensor:
+        """One anchor per code (K, dim) from the batch ``flat`` (N, dim)."""
+        if self.anchor == "closest":  # most similar batch feature for each code: the lookup with roles swapped
+            return flat[self.lookup(codes, flat)]
+        if self.anchor == "random":
+            return self._pool_query(flat)
+        x, c = self._prepared(flat), self._prepared(codes)
+        picks = torch.empty(codes.shape[0], dtype=torch.long, device=flat.device)
+        rows = max(1, SEARCH_CHUNK_ELEMENTS // max(flat.shape[0], 1))
+        for start in range(0, codes.shape[0], rows):
+            cb = c[start:start + rows]
+            sim = cb @ x.t() if self.distance == "cos" else -torch.cdist(cb, x).pow(2)
+            picks[start:start + rows] = torch.multinomial(torch.softmax(sim, dim=1), 1).view(-1)
+        return flat[picks]
+
+    @torch.no_grad()
+    def _pool_query(self, flat: Tensor) -> Tensor:
+        """The reference FeaturePool.query: keep K past features; a batch larger than K replaces the whole pool
+        by K features drawn with replacement; a smaller one fills free slots, then overwrites random slots."""
+        k, n = self.codebook_size, flat.shape[0]
+        count = int(self.pool_count)
+        if n > k:
+            self.pool.copy_(flat[torch.randint(0, n, (k,), device=flat.device)])
+            self.pool_count.fill_(k)
+        elif count < k:
+            take = min(n, k - count)  # the reference overflows here when count + n > K; we fill what fits
+            self.pool[count:count + take] = flat[:take]
+            self.pool_count.fill_(count + take)
+        else:
+            self.pool[torch.randperm(k, device=flat.device)[:n]] = flat
+        return self.pool.clone()
+
+    @torch.no_grad()
+    def _update(self, flat: Tensor, indices: Tensor) -> Tensor:
+        counts = torch.bincount(indices, minlength=self.codebook_size).to(flat.dtype)
+        self.embed_prob.mul_(self.decay).add_(counts / max(flat.shape[0], 1), alpha=1 - self.decay)
+        rate = torch.exp(-(self.embed_prob * self.codebook_size * 10) / (1 - self.decay) - 1e-3).unsqueeze(1)
+        anchors = self.anchors(flat, self.embedding)
+        self.embedding.copy_(self.embedding * (1 - rate) + anchors * rate)
+        return rate
+
+    def forward(self, z: Tensor) -> QuantizeOutput:
+        check_last_dim(z, self.dim)
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.reshape(-1, self.dim).float()
+            if self.training and not bool(self.data_initialised):
+                with torch.no_grad():
+                    self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale,
+                                                             self.init_offset))
+                    self.data_initialised.fill_(True)
+            indices = self.lookup(flat, self.embedding)
+            codes = self.embedding[indices]
+            commitment_loss = F.mse_loss(flat, codes.detach())
+            codebook_loss = F.mse_loss(codes, flat.detach())
+            loss = self.beta * commitment_loss + codebook_loss
+            z_q = straight_through(flat, codes)
+            stats = {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach()}
+            if self.training and flat.shape[0] > 0:
+                rate = self._update(flat.detach(), indices)
+                stats["anchor_rate_mean"] = rate.mean()
+                stats["reinit_fraction"] = (rate > 0.5).float().mean()
+        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss, stats)

@@ -1,0 +1,199 @@
+"""OptVQ: code assignment by optimal transport (a few Sinkhorn-Knopp iterations) instead of nearest code.
+
+Zhang et al., "Preventing Local Pitfalls in Vector Quantization via Optimal Transport", arXiv:2412.15195
+(reference: zbr17/OptVQ, ``VectorQuantizerSinkhorn`` with its ImageNet config: ``epsilon=10``, ``n_iters=5``,
+``normalize_mode="all"``, ``use_prob=False``, ``use_proj=True``, ``loss_q_type="l2"``, ``beta=0.25``).
+
+* codes ``e_k = P(c_k)``: learnable ``c`` (K, dim) through a learnable ``nn.Linear(dim, dim)`` ``P`` (weight
+  N(0, 1/dim), as in the reference's ``use_proj``);
+* cost ``D_ik = ||z_i - e_k||_2`` (not squared), normalised over the whole batch: ``A = (D - mean(D)) /
+  (std(D) + 1e-6) - min(...)`` (unbiased std over all N K entries), so ``A >= 0``;
+* plan: ``Q = exp(-epsilon A)``, ``Q /= sum(Q) + 1e-8``, then ``n_iters`` Sinkhorn-Knopp rounds, each first
+  ``Q_k. /= (sum_i Q_ik + 1e-8) K`` (every code's mass -> 1/K) then ``Q_.i /= (sum_k Q_ik + 1e-8) N`` (every
+  sample's mass -> 1/N), exactly the reference's order and guards (``guard=1e-8``; they matter: a code whose
+  mass is far below the guard is not rescaled up), evaluated in the log domain so that nothing underflows;
+  training index ``k_i = argmax_k Q_ik``;
+* ``L = ||z - sg[e_k]||^2 + beta ||sg[z] - e_k||^2`` (the reference ``l2`` loss: weight 1 on the encoder side,
+  ``beta = 0.25`` on the codebook side), ``z_q = z + sg[e_k - z]``.
+
+Eval mode (``eval_assign="nearest"``, default) uses the plain nearest code, so the tokenizer's assignment does
+not depend on the other samples of the batch and utilisation is measured on the codebook itself, not forced
+by the transport constraint; ``eval_assign="sinkhorn"`` applies the training rule as the reference code does.
+Not included: the reference's multi-head split (``num_head``). The N x K cost is never held whole: every pass
+recomputes bounded row chunks (n_iters + 2 passes when it does not fit one chunk).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.registry import register_method
+from methods.base import (
+    SEARCH_CHUNK_ELEMENTS,
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+    straight_through,
+)
+
+
+def _distances(x: Tensor, codes: Tensor, code_sq: Tensor) -> Tensor:
+    d2 = torch.addmm(code_sq.unsqueeze(0) + x.pow(2).sum(1, keepdim=True), x, codes.t(), alpha=-2.0)
+    return d2.clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: int = 5, guard: float = 1e-8,
+                    chunk_elements: int = SEARCH_CHUNK_ELEMENTS, return_plan: bool = False):
+    """OptVQ assignment of rows of ``x`` (N, d) to ``codes`` (K, d); see the module docstring for the rule.
+
+    The plan is ``Q_ik = exp(L_ik + f_i + g_k)`` with ``L = -epsilon A`` and log-scalings ``f`` (samples) and
+    ``g`` (codes) updated exactly as the reference rescales ``Q``, including its ``+ guard`` in every
+    denominator (``log(s + guard) = logaddexp(log s, log guard)``; ``guard=0`` is plain Sinkhorn-Knopp).
+    Returns the indices (N,) and, with ``return_plan`` (small inputs only: it is N x K), the final plan scaled
+    like the reference's output (each row sums to 1, each column to about N/K).
+    """
+    x, codes = x.detach().float(), codes.detach().float()
+    n, k = x.shape[0], codes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.long, device=x.device)
+    code_sq = codes.pow(2).sum(1)
+    rows = max(1, min(n, chunk_elements // max(k, 1)))
+    spans = [(s, min(n, s + rows)) for s in range(0, n, rows)]
+    cache: dict[int, Tensor] | None = {} if len(spans) == 1 else None
+
+    def cost(a: int, b: int) -> Tensor:
+        if cache is not None and a in cache:
+            return cache[a]
+        d = _distances(x[a:b], codes, code_sq)
+        if cache is not None:
+            cache[a] = d
+        return d
+
+    total, total_sq, low = 0.0, 0.0, math.inf
+    for a, b in spans:  # pass 1: mean, unbiased std and min of the whole cost matrix
+        d = cost(a, b)
+        total += float(d.sum(dtype=torch.float64))
+        total_sq += float(d.pow(2).sum(dtype=torch.float64))
+        low = min(low, float(d.min()))
+    count = n * k
+    mean = total / count
+    std = math.sqrt(max(total_sq - total * total / count, 0.0) / max(count - 1, 1))
+    a_min = (low - mean) / (std + 1e-6)
+
+    def log_kernel(a: int, b: int) -> Tensor:  # L = -epsilon * A, A = (D - mean) / (std + 1e-6) - min(A)
+        return -epsilon * ((cost(a, b) - mean) / (std + 1e-6) - a_min)
+
+    def log_guarded(log_s: Tensor) -> Tensor:  # log(s + guard)
+        return torch.logaddexp(log_s, torch.tensor(math.log(guard), device=log_s.device)) if guard > 0 else log_s
+
+    log_k, log_n = math.log(k), math.log(n)
+    row_lse = torch.full((k,), -math.inf, device=x.device)  # lse_i L_ik, per code
+    for a, b in spans:
+        row_lse = torch.logaddexp(row_lse, torch.logsumexp(log_kernel(a, b), dim=0))
+    f0 = -log_guarded(torch.logsumexp(row_lse, dim=0))  # Q /= (sum Q + guard)
+    f = torch.full((n,), float(f0), device=x.device)
+    g = torch.zeros(k, device=x.device)
+    row_lse = row_lse + f0  # lse_i (L_ik + f_i)
+    indices = torch.empty(n, dtype=torch.long, device=x.device)
+    for it in range(n_iters):
+        g = g - log_guarded(g + row_lse) - log_k  # each code's mass -> 1/K
+        last = it == n_iters - 1
+        row_lse = torch.full((k,), -math.inf, device=x.device)
+        for a, b in spans:  # each sample's mass -> 1/N (and, fused, the next round's code sums)
+            lk = log_kernel(a, b)
+            lkg = lk + g[None, :]
+            f[a:b] = f[a:b] - log_guarded(f[a:b] + torch.logsumexp(lkg, dim=1)) - log_n
+            if last:
+                indices[a:b] = lkg.argmax(dim=1)  # argmax_k Q_ik = argmax_k (L_ik + g_k)
+            else:
+                row_lse = torch.logaddexp(row_lse, torch.logsumexp(lk + f[a:b, None], dim=0))
+    if n_iters == 0:
+        for a, b in spans:
+            indices[a:b] = log_kernel(a, b).argmax(dim=1)
+    if not return_plan:
+        return indices
+    plan = torch.cat([torch.exp(log_kernel(a, b) + f[a:b, None] + g[None, :]) for a, b in spans]) * n
+    return indices, plan
+
+
+@register_method("optvq", version=1, paper="2412.15195", family="assignment",
+                 description="OptVQ: Sinkhorn-Knopp optimal-transport assignment on the normalised distance; "
+                             "linear code projection",
+                 beta=0.25, epsilon=10.0, n_iters=5, guard=1e-8, use_proj=True, eval_assign="nearest",
+                 init="normal")
+class OptVQ(Quantizer):
+    """OptVQ quantiser: ``embedding`` (K, dim) through ``proj`` (dim -> dim, if ``use_proj``).
+
+    Restricted-init knob on ``embedding``: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
+    ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws the embedding with
+    :func:`methods.base.data_relative_codes` on the first training batch and sets ``proj`` to the identity so the
+    initial codes are exactly those draws (flag buffer ``data_initialised``).
+    """
+
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, epsilon: float = 10.0, n_iters: int = 5,
+                 guard: float = 1e-8, use_proj: bool = True, eval_assign: str = "nearest", init: str = "normal",
+                 init_scale: float = 1.0, init_offset: float = 0.0) -> None:
+        super().__init__()
+        if codebook_size < 1 or dim < 1:
+            raise ValueError("dim and codebook_size must be >= 1")
+        if eval_assign not in ("nearest", "sinkhorn"):
+            raise ValueError(f"eval_assign must be 'nearest' or 'sinkhorn', got {eval_assign!r}")
+        if init not in ("normal", "uniform", "data"):
+            raise ValueError(f"init must be 'normal', 'uniform' or 'data', got {init!r}")
+        if epsilon <= 0 or n_iters < 0 or guard < 0:
+            raise ValueError("epsilon must be > 0, n_iters >= 0 and guard >= 0")
+        self.dim, self.codebook_size = dim, codebook_size
+        self.beta, self.epsilon, self.n_iters, self.guard, self.eval_assign = beta, epsilon, n_iters, guard, eval_assign
+        self.init_scale, self.init_offset = init_scale, init_offset
+        k = codebook_size
+        weight = torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k) if init == "uniform" else torch.randn(k, dim)
+        if init != "data":
+            weight = weight * init_scale + init_offset
+        self.embedding = nn.Parameter(weight)
+        self.proj: nn.Linear | None = None
+        if use_proj:
+            self.proj = nn.Linear(dim, dim)
+            nn.init.normal_(self.proj.weight, std=dim ** -0.5)
+        self.register_buffer("data_initialised", torch.tensor(init != "data"))
+
+    def codebook(self) -> Tensor:
+        return self.proj(self.embedding) if self.proj is not None else self.embedding
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        rows = self.embedding[indices]
+        return self.proj(rows) if self.proj is not None else rows
+
+    @torch.no_grad()
+    def _init_from_data(self, flat: Tensor) -> None:
+        self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale, self.init_offset))
+        if self.proj is not None:
+            self.proj.weight.copy_(torch.eye(self.dim, device=flat.device))
+            self.proj.bias.zero_()
+        self.data_initialised.fill_(True)
+
+    def forward(self, z: Tensor) -> QuantizeOutput:
+        check_last_dim(z, self.dim)
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.reshape(-1, self.dim).float()
+            if self.training and not bool(self.data_initialised):
+                self._init_from_data(flat)
+            with torch.no_grad():
+                codebook = self.codebook()
+                if self.training or self.eval_assign == "sinkhorn":
+                    indices = sinkhorn_assign(flat, codebook, self.epsilon, self.n_iters, self.guard)
+                else:
+                    indices = nearest_code(flat, codebook)
+            codes = self.decode_indices(indices)
+            commitment_loss = F.mse_loss(flat, codes.detach())
+            codebook_loss = F.mse_loss(codes, flat.detach())
+            loss = commitment_loss + self.beta * codebook_loss
+            z_q = straight_through(flat, codes)
+        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss,
+                              {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach()})
