@@ -138,37 +138,21 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def quick_specs(results: str) -> list[Any]:
-    """The `quick` suite: every method on every offline task, seed 0, the tasks' quick budgets."""
-    from bench.registry import METHODS, TASKS
-    from bench.runner import make_spec
-
-    specs = []
-    for task in TASKS.entries():
-        if not task.offline or "quick" not in task.budgets:
-            continue
-        for method in METHODS.list():
-            specs.append(make_spec(task.name, method, seed=0, budget="quick", tags=("quick",)))
-    return specs
-
-
 def cmd_quick(args: argparse.Namespace) -> int:
-    from bench.runner import run
+    from slurm.launch import run_sweep
+    from slurm.sweep import load_sweep
 
-    specs = quick_specs(args.results)
-    print(f"vqbench quick: {len(specs)} runs into {args.results}/")
-    failed = 0
-    for spec in specs:
-        result = run(spec, args.results, device=args.device)
-        _print_result(result, spec)
-        failed += result.status not in ("ok", "skipped", "diverged")
+    sweep = load_sweep("quick")
+    print(f"vqbench quick: {len(sweep.specs())} runs (every method x every offline task, 1 seed) into {args.results}/")
+    summary = run_sweep(sweep, args.results, executor="debug", wait=True, device=args.device)
+    print(summary.format())
     from leaderboard.build import build_site
 
     index = build_site(args.results, args.out)
     print(f"leaderboard: {index}  (open it in a browser, or `vqbench leaderboard serve --out {args.out}`)")
-    if failed:
-        print(f"{failed} run(s) failed: see `vqbench results --results {args.results}`")
-    return 1 if failed else 0
+    if summary.failed:
+        print(f"{summary.failed} run(s) failed: see `vqbench sweep status quick --results {args.results}`")
+    return 1 if summary.failed else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -192,6 +176,30 @@ def cmd_new(args: argparse.Namespace) -> int:
     print(f"wrote plugin {args.name!r} to {root}/\nnext: pip install -e {root} && vqbench list methods {args.name} "
           f"&& vqbench check method {args.name}")
     return 0
+
+
+REPRODUCTIONS = {"tokens-collapse": ("tokens-collapse", "tokens-collapse-offset"),
+                 "embeddings-collapse": ("embeddings-collapse",)}
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.findings import draw_finding
+    from slurm.launch import run_sweep
+    from slurm.sweep import load_sweep
+
+    start = time.perf_counter()
+    sweep = load_sweep(args.name)
+    print(sweep.describe())
+    summary = run_sweep(sweep, args.results, executor=args.executor, wait=True, device=args.device)
+    print(summary.format())
+    for finding in REPRODUCTIONS[args.name]:
+        folder = draw_finding(args.results, finding, command=f"vqbench reproduce {args.name}")
+        print(f"figure: {folder / 'figure.png'}  data: {folder / 'data.csv'}")
+    print(f"reproduce {args.name}: {time.perf_counter() - start:.0f}s; the leaderboard's Findings page shows it "
+          f"(vqbench leaderboard build --results {args.results})")
+    return 1 if summary.failed else 0
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -246,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="where to write it (default: ./vqbench-NAME)")
     p.add_argument("--family", default="vq", help="method family shown on the leaderboard")
     p.set_defaults(func=cmd_new)
+
+    p = sub.add_parser("reproduce", parents=[common],
+                       help="rerun a collapse finding of the seed paper (a sweep) and draw its figures")
+    p.add_argument("name", choices=sorted(REPRODUCTIONS))
+    p.add_argument("--results", default="results")
+    p.add_argument("--executor", default="local", choices=["local", "debug", "slurm"],
+                   help="local: worker processes on this machine (default); debug: in this process")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_reproduce)
 
     for module_name in AREA_CLIS:
         try:

@@ -1,0 +1,168 @@
+"""LFQ (MAGVIT-v2) and BSQ: sign quantization of a low-dimensional projection, index = bits, entropy loss.
+
+**LFQ**, Yu et al., "Language Model Beats Diffusion -- Tokenizer is Key to Visual Generation",
+arXiv:2310.05737, Sec. 3.1. With ``b = log2(K)`` bits and codes ``C = {-s, +s}^b`` (``s`` = ``scale``):
+``u = W_in z + b_in`` (``dim -> b``, identity when ``dim == b``), ``q_i = s * sign(u_i)`` (``u_i > 0 -> +s``,
+else ``-s``), ``index = sum_i 1[u_i > 0] 2^(b - 1 - i)`` (first bit most significant, as in
+vector-quantize-pytorch and the BSQ reference code), ``z_q = W_out (u + sg[q - u]) + b_out`` (straight-through).
+Entropy penalty (eq. 5): ``L_ent = E_n[H(p(c | u_n))] - gamma * H(E_n[p(c | u_n)])`` over the soft assignment
+``p(c | u) = softmax_c(-tau ||u - c||^2) = softmax_c(2 tau u.c)`` (``tau`` = ``inv_temperature``; MAGVIT's
+temperature 0.01 is ``tau = 100``). Loss ``= entropy_weight * L_ent + commitment_weight * mean((u - sg[q])^2)``.
+
+**BSQ**, Zhao, Xiong and Kraehenbuehl, "Image and Video Tokenization with Binary Spherical Quantization",
+arXiv:2406.07548, Sec. 3: ``u = W_in z / ||W_in z||`` (l2-normalised), ``q = sign(u) / sqrt(b)``
+(codes on the unit sphere, ``s = 1 / sqrt(b)``), the same straight-through, index and entropy penalty
+with ``sample_entropy_weight`` (the reference's gamma0) on the per-sample term. Its loss is
+``entropy_weight * (gamma0 E[H] - gamma H(E[p])) + commitment_weight * mean((u - sg[q])^2)``; the reference
+code (zhaoyue-zephyrus/bsq-vit) also divides the entropy term by ``inv_temperature`` (1 by default) and
+scales the straight-through gradient by ``1/sqrt(b)``; here the gradient to ``u`` is the identity.
+
+How the entropies are computed (memory bounded, no ``N x K`` matrix beyond a chunk):
+
+* Per-sample entropy, exact and factorised: ``p(c | u) = prod_i p(c_i | u_i)`` because ``u.c`` is a sum over
+  bits, with ``p(c_i = +s | u_i) = sigmoid(a_i)``, ``a_i = 4 tau s u_i``; so ``H(p(c | u)) = sum_i h(a_i)``
+  with ``h(a) = softplus(a) - a sigmoid(a)`` (the binary entropy, in nats). O(N b).
+* Codebook (batch) entropy ``H(E_n[p(c | u_n)])`` does not factorise. The bits are split into consecutive
+  groups of ``entropy_group_size`` bits; per group ``G`` the averaged soft assignment over its ``2^|G|``
+  sub-codes is exact and the penalty uses ``sum_G H(E_n[p(c_G | u_G)])`` (an upper bound of the joint
+  entropy, equal to it when there is one group). ``entropy_group_size=None`` (LFQ default) is one group:
+  the exact entropy over all ``2^b`` codes, as in vector-quantize-pytorch's LFQ. ``entropy_group_size=1``
+  (BSQ default) is BSQ's factorised approximation ``sum_i H(E_n[p(c_i | u_i)])``; the BSQ reference code's
+  ``group_size`` (e.g. 9 of 18 bits) is the general case. The group averages are accumulated over row
+  chunks of at most ``SEARCH_CHUNK_ELEMENTS`` (rows x ``2^|G|``) entries, checkpointed in training, so
+  memory is O(chunk + 2^|G| |G|) whatever ``N`` (compute is O(N 2^|G| |G|): use groups for large ``b``).
+
+``codebook_size`` becomes the largest power of two not above the task's (``b = floor(log2 K)``).
+Entropies are computed in eval mode too (same formula; nothing is updated); no state besides projections.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.registry import register_method
+from methods.base import QuantizeOutput, Quantizer, check_last_dim
+from methods.gumbel import map_row_chunks
+
+MAX_ENUMERATED = 2**16
+LOG_EPS = 1e-12  # p log p with p clamped here inside the log (0 log 0 = 0)
+
+
+def binary_entropy_from_logit(a: Tensor) -> Tensor:
+    """``H(Bernoulli(sigmoid(a)))`` in nats, stable for any ``a``: ``softplus(a) - a sigmoid(a)``."""
+    return F.softplus(a) - a * torch.sigmoid(a)
+
+
+def entropy(p: Tensor) -> Tensor:
+    return -(p * p.clamp_min(LOG_EPS).log()).sum(-1)
+
+
+def sign_codes(n_bits: int, scale: float, device: torch.device | None = None) -> Tensor:
+    """All ``2^n_bits`` codes in index order (MSB first): row ``k`` has ``+scale`` where bit ``k`` is set."""
+    dtype = torch.int32 if n_bits < 31 else torch.long
+    k = torch.arange(2**n_bits, device=device, dtype=dtype)
+    bits = (k.unsqueeze(-1) >> torch.arange(n_bits - 1, -1, -1, device=device, dtype=dtype)) & 1
+    return (bits.float() * 2 - 1) * scale
+
+
+def codebook_entropy(u: Tensor, scale: float, inv_temperature: float, group_size: int | None) -> Tensor:
+    """``sum_G H(mean_n softmax_c(2 tau u_{n,G}.c))`` over bit groups ``G`` (one group when ``group_size`` is None)."""
+    n, b = u.shape
+    g = b if group_size is None else group_size
+    total = u.new_zeros(())
+    for start in range(0, b, g):
+        ug = u[:, start:start + g]
+        codes = sign_codes(ug.shape[1], scale, u.device)
+
+        def avg(x: Tensor, codes: Tensor = codes) -> tuple[Tensor]:
+            return (F.softmax(2 * inv_temperature * (x @ codes.t()), dim=-1).sum(0),)
+
+        (prob_sum,) = map_row_chunks(avg, ug, codes.shape[0], ("sum",))
+        total = total + entropy(prob_sum / max(n, 1))
+    return total
+
+
+@register_method("lfq", version=1, paper="2310.05737", family="implicit",
+                 description="LFQ (MAGVIT-v2): sign of a log2(K)-dim projection, index = bits, per-sample minus "
+                             "batch entropy (exact) + commitment",
+                 entropy_weight=0.1, diversity_gamma=1.0, commitment_weight=0.25, inv_temperature=100.0,
+                 scale=1.0, entropy_group_size=None)
+class LookupFreeQuantizer(Quantizer):
+    """LFQ; ``spherical=True`` (used by :class:`BinarySphericalQuantizer`) turns it into BSQ."""
+
+    spherical = False
+
+    def __init__(self, dim: int, codebook_size: int, entropy_weight: float = 0.1, diversity_gamma: float = 1.0,
+                 commitment_weight: float = 0.25, inv_temperature: float = 100.0, scale: float = 1.0,
+                 entropy_group_size: int | None = None, sample_entropy_weight: float = 1.0) -> None:
+        super().__init__()
+        if dim < 1 or codebook_size < 2:
+            raise ValueError("need dim >= 1 and codebook_size >= 2")
+        if entropy_group_size is not None and entropy_group_size < 1:
+            raise ValueError("entropy_group_size must be >= 1 or None")
+        self.bits = int(math.floor(math.log2(codebook_size) + 1e-9))
+        self.dim, self.codebook_size = dim, 2**self.bits
+        self.entropy_weight, self.diversity_gamma = entropy_weight, diversity_gamma
+        self.commitment_weight, self.inv_temperature = commitment_weight, inv_temperature
+        self.sample_entropy_weight, self.entropy_group_size = sample_entropy_weight, entropy_group_size
+        self.scale = 1.0 / math.sqrt(self.bits) if self.spherical else float(scale)
+        self.project_in: nn.Module = nn.Linear(dim, self.bits) if dim != self.bits else nn.Identity()
+        self.project_out: nn.Module = nn.Linear(self.bits, dim) if dim != self.bits else nn.Identity()
+        self.register_buffer("_basis", 2 ** torch.arange(self.bits - 1, -1, -1), persistent=False)
+
+    def codebook(self) -> Tensor | None:
+        if self.codebook_size > MAX_ENUMERATED:
+            return None
+        return self.decode_indices(torch.arange(self.codebook_size, device=self._basis.device))
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        bits = (indices.long().unsqueeze(-1) // self._basis) % 2
+        return self.project_out((bits.float() * 2 - 1) * self.scale)
+
+    def forward(self, z: Tensor) -> QuantizeOutput:
+        check_last_dim(z, self.dim)
+        with torch.autocast(z.device.type, enabled=False):
+            u = self.project_in(z.float()).reshape(-1, self.bits)
+            if self.spherical:
+                u = F.normalize(u, dim=-1)
+            positive = u > 0
+            q = torch.where(positive, self.scale, -self.scale)
+            indices = (positive.long() * self._basis).sum(-1)
+            # p(c_i = +s | u_i) = sigmoid(4 tau s u_i): exact per-sample entropy, summed over bits
+            logits = 4 * self.inv_temperature * self.scale * u
+            sample_entropy = binary_entropy_from_logit(logits).sum(-1).mean()
+            batch_entropy = codebook_entropy(u, self.scale, self.inv_temperature, self.entropy_group_size)
+            commitment = F.mse_loss(u, q)
+            entropy_loss = self.sample_entropy_weight * sample_entropy - self.diversity_gamma * batch_entropy
+            loss = self.entropy_weight * entropy_loss + self.commitment_weight * commitment
+            codes = q + (u - u.detach())  # straight-through: value q exactly, identity gradient
+        z_q = self.project_out(codes).reshape(*z.shape[:-1], self.dim)
+        return QuantizeOutput(z_q, indices.reshape(z.shape[:-1]), loss,
+                              {"sample_entropy": sample_entropy.detach(), "batch_entropy": batch_entropy.detach(),
+                               "commitment": commitment.detach()})
+
+
+@register_method("bsq", version=1, paper="2406.07548", family="implicit",
+                 description="BSQ: l2-normalised projection, sign/sqrt(d), factorised per-sample minus codebook "
+                             "entropy",
+                 entropy_weight=0.1, diversity_gamma=1.0, sample_entropy_weight=1.0, commitment_weight=0.0,
+                 inv_temperature=1.0, entropy_group_size=1)
+class BinarySphericalQuantizer(LookupFreeQuantizer):
+    """BSQ: LFQ on the unit sphere, codes ``{-1, +1}^b / sqrt(b)`` (see the module docstring).
+
+    Defaults follow the reference configs: commitment weight (beta) 0, gamma0 = gamma = 1, tau = 1; the
+    reference multiplies the whole quantizer loss by ``codebook_weight=0.1``, which is ``entropy_weight`` here.
+    """
+
+    spherical = True
+
+    def __init__(self, dim: int, codebook_size: int, entropy_weight: float = 0.1, diversity_gamma: float = 1.0,
+                 sample_entropy_weight: float = 1.0, commitment_weight: float = 0.0, inv_temperature: float = 1.0,
+                 entropy_group_size: int | None = 1) -> None:
+        super().__init__(dim, codebook_size, entropy_weight=entropy_weight, diversity_gamma=diversity_gamma,
+                         commitment_weight=commitment_weight, inv_temperature=inv_temperature,
+                         entropy_group_size=entropy_group_size, sample_entropy_weight=sample_entropy_weight)
