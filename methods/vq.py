@@ -1,51 +1,491 @@
-"""VQ-VAE: nearest-code vector quantization with a straight-through estimator.
+"""VQ-VAE and its codebook-side anti-collapse options, as one composable quantizer class.
 
-van den Oord et al., "Neural Discrete Representation Learning", arXiv:1711.00937, eq. 3:
-``L = ||sg[z] - e||^2 + beta ||z - sg[e]||^2`` with ``e`` the nearest code, and the decoder input
-``z_q = z + sg[e - z]`` (straight-through: the decoder's gradient is copied to the encoder).
+Base method (``vq``): van den Oord et al., "Neural Discrete Representation Learning", arXiv:1711.00937, eq. 3.
+With ``x`` the (optionally projected / normalised, see below) input and ``e = c_k``, ``k = argmin_j ||x - c_j||^2``:
+``L = ||sg[x] - e||^2 + beta ||x - sg[e]||^2`` (means over elements, ``beta = 0.25``) and the decoder input is ``e``
+in value with the straight-through gradient ``d z_q / d x = I`` (computed as ``sg[e] + (x - sg[x])``, so the value
+is exactly the code).
+
+Every option below is a constructor argument; they compose on one instance (e.g. k-means init + dead-code restart +
+rotation trick). Each has a registered preset (name: defaults) at the bottom of this module.
+
+* ``ema`` (``vq-ema``, 1711.00937 appendix A.1; Razavi et al. 1906.00446): codebook updated by exponential moving
+  averages instead of the codebook loss (which is then dropped: ``L = beta ||x - sg[e]||^2``). Per training batch,
+  with counts ``n_k`` and sums ``s_k = sum_{i: k_i = k} x_i``::
+
+      N_k <- gamma N_k + (1 - gamma) n_k,   m_k <- gamma m_k + (1 - gamma) s_k
+      N'_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j      (Laplace smoothing)
+      c_k  = m_k / N'_k                                          (l2-normalised again with ``l2_normalize``)
+
+  ``gamma = 0.99``, ``eps = 1e-5``; ``N`` starts at 1 and ``m`` at the initial codebook (as in Jukebox and
+  vector-quantize-pytorch), and both are reset that way whenever the codebook is (re)initialised.
+* ``kmeans_init`` (``vq-kmeans``, as in SoundStream 2107.03312): the codebook is set by k-means on the first
+  ``kmeans_batches`` training batches' (projected / normalised) latents: k-means++ (D^2 sampling) or random-sample
+  seeding, then ``kmeans_iters`` Lloyd iterations (an empty cluster keeps its centre). Randomness from torch's
+  global RNG.
+* ``restart`` (``vq-restart``, Jukebox 2005.00341 sec. 3 / SoundStream 2107.03312): an EMA of per-code usage
+  ``u_k <- mu u_k + (1 - mu) n_k`` (``u`` starts at 1, ``mu = 0.99``); every ``restart_interval`` training forwards
+  each code with ``u_k < restart_threshold`` is replaced by a random vector of the current batch plus Gaussian
+  noise of std ``restart_noise / sqrt(d)`` (Jukebox's ``0.01 / sqrt(d)``), sampled without replacement when the
+  batch has enough vectors, and its usage is reset to the threshold (so it is replaced again unless the batch uses
+  it). With ``ema`` its EMA statistics are reset to ``N_k = threshold``, ``m_k = threshold * c_k``.
+* ``code_dim`` / ``l2_normalize`` (``vq-l2``, ViT-VQGAN factorized codes, Yu et al. 2110.04627 sec. 3.2): a linear
+  map ``W_in`` to ``code_dim`` (8) dimensions, then ``x = l2(W_in z)`` and codes ``l2(c_k)``: the nearest code under
+  the l2 distance of unit vectors is the one of largest cosine similarity. All losses are in that space; the
+  output is projected back, ``z_q = W_out e + b``; ``codebook()`` returns ``W_out l2(C) + b`` (the effective codes
+  in z-space), so ``decode_indices`` equals ``z_q``.
+* ``rotation`` (``vq-rotation``, Fifty et al. 2410.06424 sec. 4): ``z_q = sg[lambda R] x`` with
+  ``lambda = ||e|| / ||x||`` and the rotation ``R = I - 2 r r^T + 2 e^ x^^T``, ``r = (x^ + e^) / ||x^ + e^||``
+  (Householder-style construction; ``^`` = unit vector), treated as a constant: the value is ``e``, the gradient
+  w.r.t. ``x`` is ``lambda R^T g``.
+* ``orthoreg_weight`` (``vq-orthoreg``, Shin et al. 2112.00384 eq. 2): ``weight * (1/K^2) sum_{i != j}
+  (c^_i . c^_j)^2`` = ``weight * ||l2(C) l2(C)^T - I||_F^2 / K^2`` (unit rows), computed exactly without the K x K
+  Gram matrix as ``(||l2(C)^T l2(C)||_F^2 - sum_i ||c^_i||^4) / K^2``. Zero for orthonormal codes (K <= d); its
+  minimum for K > d is ``1/d - 1/K`` (a tight frame). Weight 10 (the paper's value, also vector-quantize-pytorch's
+  recommendation). Needs a learnable codebook (not with ``ema``).
+* ``entropy_weight`` (``vq-entropy``; the prior-distribution regulariser of Zhang et al. 2303.06424): with the soft
+  assignment ``p_ik = softmax_k(-||x_i - c_k||^2 / T)`` and its batch average ``pbar = mean_i p_i``, the penalty
+  ``weight * (log K - H(pbar)) = weight * KL(pbar || uniform)``: zero when the batch uses codes uniformly on
+  average. Computed in row chunks of at most ``SEARCH_CHUNK_ELEMENTS`` logits under activation checkpointing, so no
+  N x K tensor exists beyond one chunk in the forward or the backward pass.
+* ``warmup_fraction`` (``vq-deferred``, deferred quantisation / continuous warm-up, 2603.17052): once the runner has
+  called ``on_step(step, total)``, for ``step < floor(warmup_fraction * total)`` the quantizer is the identity
+  (``z_q = z``, zero loss; indices still the nearest codes) and training forwards keep the last
+  ``warmup_buffer_size`` latents in a ring buffer; ``on_step`` at the switch step (it runs before that step's
+  forward) initialises the codebook by k-means (as above) on that buffer, then quantisation is on. A module never
+  driven by ``on_step`` quantizes from the start.
+* ``init`` (the restricted-initialisation knob shared by every codebook method): ``"uniform"`` draws the codes
+  ``U(-1/K, 1/K) * init_scale + init_offset`` at construction (the VQ-VAE reference init); ``"data"`` replaces them
+  on the first training forward by ``methods.base.data_relative_codes(x, K, init_scale, init_offset)`` of that
+  batch's (projected / normalised) inputs ``x``.
+
+All state (EMA statistics, usage, "initialised" flags, buffered latents, the deferred schedule) lives in buffers,
+so a module restored with ``load_state_dict`` continues identically; nothing changes in eval mode. Nearest-code
+search and k-means use ``methods.base.nearest_code`` (bounded chunks), so K = 1,048,576 works.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim, nearest_code, straight_through
+from methods.base import (
+    SEARCH_CHUNK_ELEMENTS,
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+)
+
+_NORM_EPS = 1e-6  # floor of vector norms in the rotation trick and in l2 normalisation
 
 
+# -- building blocks (pure functions, tested directly) -----------------------------------------------------------
+def unit_rows(x: Tensor) -> Tensor:
+    """``x / max(||x||, 1e-6)`` along the last dim."""
+    return F.normalize(x, dim=-1, eps=_NORM_EPS)
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, k: int, iters: int = 10, seeding: str = "kmeans++", spherical: bool = False) -> Tensor:
+    """``k`` centres of the rows of ``x`` (N, d): seeding, then ``iters`` Lloyd iterations.
+
+    ``seeding="kmeans++"``: first centre uniform, each next one drawn with probability proportional to the squared
+    distance to the nearest centre so far (Arthur & Vassilvitskii 2007; O(k N d) time, sequential in k: use
+    ``"random"`` for very large k). ``"random"``: k distinct rows (with replacement when N < k). Lloyd: assign to
+    the nearest centre (chunked search), move each non-empty cluster's centre to its mean (l2-normalised if
+    ``spherical``); an empty cluster keeps its centre. Randomness from torch's global RNG.
+    """
+    x = x.detach().float()
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("k-means needs at least one vector")
+    if seeding == "random":
+        pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
+        centres = x[pick].clone()
+    elif seeding == "kmeans++":
+        centres = torch.empty(k, x.shape[1], device=x.device)
+        first = int(torch.randint(n, ()))
+        centres[0] = x[first]
+        d2 = (x - x[first]).pow(2).sum(dim=1)
+        for i in range(1, k):
+            total = float(d2.sum())
+            j = int(torch.multinomial(d2, 1)) if total > 0 and math.isfinite(total) else int(torch.randint(n, ()))
+            centres[i] = x[j]
+            d2 = torch.minimum(d2, (x - x[j]).pow(2).sum(dim=1))
+    else:
+        raise ValueError(f"unknown k-means seeding {seeding!r}: use 'kmeans++' or 'random'")
+    for _ in range(iters):
+        assign = nearest_code(x, centres)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        means = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        if spherical:
+            means = unit_rows(means)
+        centres = torch.where((counts > 0).unsqueeze(1), means, centres)
+    return centres
+
+
+def rotate_to(x: Tensor, e: Tensor) -> Tensor:
+    """Rotation trick (2410.06424 sec. 4.2): ``sg[lambda R] x`` with ``lambda R x = e``, ``R`` and ``lambda`` constant.
+
+    ``R x = x - 2 (x . r) r + 2 (x . x^) e^`` with ``r = l2(x^ + e^)``, ``lambda = ||e|| / ||x||`` (norms floored at
+    1e-6). Rows are vectors (N, d).
+    """
+    x_norm = x.detach().norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    e_norm = e.detach().norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    u, q = x.detach() / x_norm, e.detach() / e_norm
+    r = unit_rows(u + q)
+    rotated = x - 2 * (x * r).sum(-1, keepdim=True) * r + 2 * (x * u).sum(-1, keepdim=True) * q
+    return rotated * (e_norm / x_norm)
+
+
+def orthogonal_penalty(codes: Tensor) -> Tensor:
+    """``(1/K^2) sum_{i != j} (c^_i . c^_j)^2`` (2112.00384 eq. 2), exact in O(K d^2) time and O(d^2) memory.
+
+    Uses ``sum_{i,j} (c^_i . c^_j)^2 = ||C^T C||_F^2`` for the unit-row matrix ``C`` (K, d) and subtracts the
+    diagonal ``sum_i ||c^_i||^4``.
+    """
+    c = unit_rows(codes.float())
+    k = c.shape[0]
+    full = (c.t() @ c).pow(2).sum()
+    diagonal = c.pow(2).sum(dim=1).pow(2).sum()
+    return (full - diagonal) / (k * k)
+
+
+def _soft_assignment_sum(x: Tensor, codes: Tensor, code_sq: Tensor, temperature: float) -> Tensor:
+    # softmax_k(-||x - c_k||^2 / T): ||x||^2 is constant per row and cancels in the softmax
+    logits = (2.0 * (x @ codes.t()) - code_sq) / temperature
+    return torch.softmax(logits, dim=1).sum(dim=0)
+
+
+def soft_assignment_entropy(x: Tensor, codes: Tensor, temperature: float,
+                            chunk_elements: int = SEARCH_CHUNK_ELEMENTS) -> Tensor:
+    """``H(pbar)``, ``pbar = mean_i softmax_k(-||x_i - c_k||^2 / T)``, differentiable in ``x`` and ``codes``.
+
+    Rows are processed in chunks of at most ``chunk_elements`` logits; with more than one chunk each is
+    checkpointed, so the backward pass recomputes one chunk at a time (peak extra memory O(chunk + K), any N, K).
+    """
+    n, k = x.shape[0], codes.shape[0]
+    rows = max(1, min(n, chunk_elements // max(k, 1)))
+    code_sq = codes.pow(2).sum(dim=1)
+    total = x.new_zeros(k)
+    for start in range(0, n, rows):
+        xb = x[start:start + rows]
+        if rows < n and torch.is_grad_enabled():
+            part = checkpoint(_soft_assignment_sum, xb, codes, code_sq, temperature, use_reentrant=False)
+        else:
+            part = _soft_assignment_sum(xb, codes, code_sq, temperature)
+        total = total + part
+    p = total / max(n, 1)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
+# -- the quantizer ---------------------------------------------------------------------------------------------
 @register_method("vq", version=1, paper="1711.00937", family="vq",
                  description="VQ-VAE: nearest code, straight-through estimator, codebook + beta*commitment loss",
                  beta=0.25)
 class VectorQuantizer(Quantizer):
-    """Nearest-code VQ with a learnable codebook trained by the codebook loss (VQ-VAE eq. 3).
+    """Nearest-code VQ (VQ-VAE eq. 3) with composable codebook options; see the module docstring for each rule.
 
-    The codebook is initialised U(-1/K, 1/K) as in the reference implementation; ``init_scale``
-    multiplies that range (``init_scale`` and ``init_offset`` are the restricted-initialisation knobs).
+    The default codebook is initialised U(-1/K, 1/K) as in the reference implementation; ``init_scale``
+    multiplies that range and ``init_offset`` shifts it (with ``init="data"`` they are data-relative instead).
     """
 
-    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, init_scale: float = 1.0,
-                 init_offset: float = 0.0) -> None:
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, init: str = "uniform",
+                 init_scale: float = 1.0, init_offset: float = 0.0,
+                 ema: bool = False, ema_decay: float = 0.99, ema_eps: float = 1e-5,
+                 kmeans_init: bool = False, kmeans_iters: int = 10, kmeans_seeding: str = "kmeans++",
+                 kmeans_batches: int = 1,
+                 restart: bool = False, restart_threshold: float = 1.0, restart_decay: float = 0.99,
+                 restart_noise: float = 0.01, restart_interval: int = 1,
+                 code_dim: int | None = None, l2_normalize: bool = False,
+                 rotation: bool = False, orthoreg_weight: float = 0.0,
+                 entropy_weight: float = 0.0, entropy_temperature: float = 1.0,
+                 warmup_fraction: float = 0.0, warmup_buffer_size: int = 16384) -> None:
         super().__init__()
         if codebook_size < 1 or dim < 1:
             raise ValueError("dim and codebook_size must be >= 1")
+        if init not in ("uniform", "data"):
+            raise ValueError(f"init must be 'uniform' or 'data', got {init!r}")
+        if kmeans_seeding not in ("kmeans++", "random"):
+            raise ValueError(f"kmeans_seeding must be 'kmeans++' or 'random', got {kmeans_seeding!r}")
+        if not 0.0 <= ema_decay < 1.0 or not 0.0 <= restart_decay < 1.0:
+            raise ValueError("ema_decay and restart_decay must be in [0, 1)")
+        if kmeans_iters < 0 or kmeans_batches < 1 or restart_interval < 1 or warmup_buffer_size < 1:
+            raise ValueError("kmeans_iters >= 0, kmeans_batches, restart_interval, warmup_buffer_size >= 1")
+        if code_dim is not None and code_dim < 1:
+            raise ValueError("code_dim must be >= 1 (or None: no projection)")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError("warmup_fraction must be in [0, 1)")
+        if entropy_temperature <= 0:
+            raise ValueError("entropy_temperature must be > 0")
+        if ema and orthoreg_weight > 0:
+            raise ValueError("orthoreg_weight needs a learnable codebook: it has no effect with ema=True")
         self.dim, self.codebook_size, self.beta = dim, codebook_size, beta
-        weight = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
-        self.embedding = nn.Parameter(weight * init_scale + init_offset)
+        self.init, self.init_scale, self.init_offset = init, init_scale, init_offset
+        self.ema, self.ema_decay, self.ema_eps = ema, ema_decay, ema_eps
+        self.kmeans_init, self.kmeans_iters, self.kmeans_seeding = kmeans_init, kmeans_iters, kmeans_seeding
+        self.kmeans_batches = kmeans_batches
+        self.restart, self.restart_threshold, self.restart_decay = restart, restart_threshold, restart_decay
+        self.restart_noise, self.restart_interval = restart_noise, restart_interval
+        self.code_dim = code_dim if code_dim is not None else dim
+        self.l2_normalize, self.rotation = l2_normalize, rotation
+        self.orthoreg_weight = orthoreg_weight
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        self.warmup_fraction, self.warmup_buffer_size = warmup_fraction, warmup_buffer_size
+
+        k, cd = codebook_size, self.code_dim
+        weight = torch.empty(k, cd).uniform_(-1.0 / k, 1.0 / k) * init_scale + init_offset
+        if l2_normalize:
+            weight = unit_rows(weight)
+        self.embedding = nn.Parameter(weight, requires_grad=not ema)
+        self.proj_in: nn.Linear | None = nn.Linear(dim, cd) if code_dim is not None else None
+        self.proj_out: nn.Linear | None = nn.Linear(cd, dim) if code_dim is not None else None
+        # state (buffers: saved in checkpoints, restored on resume)
+        if ema:
+            self.register_buffer("ema_count", torch.ones(k))
+            self.register_buffer("ema_sum", weight.clone())
+        if restart:
+            self.register_buffer("usage", torch.ones(k))
+        self.register_buffer("data_init_done", torch.tensor(False))
+        self.register_buffer("kmeans_done", torch.tensor(False))
+        self.register_buffer("kmeans_batches_seen", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("train_forwards", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("schedule_total", torch.tensor(0, dtype=torch.long))  # total steps seen by on_step
+        self.register_buffer("deferred_done", torch.tensor(False))
+        # buffered raw latents (k-means over several batches, or the deferred ring buffer); variable row count
+        self.register_buffer("latent_buffer", torch.zeros(0, dim))
+        self.register_buffer("latents_written", torch.tensor(0, dtype=torch.long))
+
+    # -- spaces ----------------------------------------------------------------------------------------------
+    def _to_lookup(self, flat: Tensor) -> Tensor:
+        """z-space rows -> the space of the nearest-code search (projection, l2 normalisation)."""
+        x = self.proj_in(flat) if self.proj_in is not None else flat
+        return unit_rows(x) if self.l2_normalize else x
+
+    def _lookup_codes(self, weight: Tensor) -> Tensor:
+        return unit_rows(weight) if self.l2_normalize else weight
+
+    def _to_z(self, v: Tensor) -> Tensor:
+        return self.proj_out(v) if self.proj_out is not None else v
 
     def codebook(self) -> Tensor:
-        return self.embedding
+        """Effective codes in z-space, (K, dim): ``W_out l2(C) + b`` with projection, else (l2 of) ``C``."""
+        return self._to_z(self._lookup_codes(self.embedding))
 
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        return self._to_z(self._lookup_codes(self.embedding[indices]))
+
+    # -- state updates ---------------------------------------------------------------------------------------
+    def _warming_up(self) -> bool:
+        return self.warmup_fraction > 0 and int(self.schedule_total) > 0 and not bool(self.deferred_done)
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Deferred quantisation: record the schedule; at ``floor(warmup_fraction * total)`` run the switch."""
+        if self.warmup_fraction <= 0 or bool(self.deferred_done) or total_steps <= 0:
+            return
+        self.schedule_total.fill_(total_steps)
+        if step >= int(self.warmup_fraction * total_steps):
+            with torch.no_grad():
+                rows = self._buffered_latents()
+                if rows.shape[0] > 0:
+                    self._set_codebook(self._kmeans(self._to_lookup(rows)))
+                    self.kmeans_done.fill_(True)
+                self._clear_buffer()
+            self.deferred_done.fill_(True)
+
+    def _buffered_latents(self) -> Tensor:
+        return self.latent_buffer[:min(int(self.latents_written), self.latent_buffer.shape[0])]
+
+    def _clear_buffer(self) -> None:
+        self.latent_buffer = self.latent_buffer.new_zeros(0, self.dim)
+        self.latents_written.zero_()
+
+    def _append_latents(self, rows: Tensor, capacity: int | None) -> None:
+        """Append rows (growing), or write them into a ring buffer of ``capacity`` rows (keeping the newest)."""
+        rows = rows.detach().float()
+        if capacity is None:
+            self.latent_buffer = torch.cat([self._buffered_latents(), rows])
+            self.latents_written.fill_(self.latent_buffer.shape[0])
+            return
+        if self.latent_buffer.shape[0] != capacity:
+            self.latent_buffer = rows.new_zeros(capacity, self.dim)
+        n = rows.shape[0]
+        skip = max(0, n - capacity)  # rows that would be overwritten within this very batch
+        start = int(self.latents_written) + skip
+        slots = (start + torch.arange(n - skip, device=rows.device)) % capacity
+        self.latent_buffer[slots] = rows[skip:]
+        self.latents_written += n
+
+    def _kmeans(self, x: Tensor) -> Tensor:
+        return kmeans(x, self.codebook_size, self.kmeans_iters, self.kmeans_seeding, spherical=self.l2_normalize)
+
+    def _set_codebook(self, codes: Tensor) -> None:
+        """Replace the whole codebook (lookup space) and reset the statistics that describe it."""
+        codes = unit_rows(codes) if self.l2_normalize else codes
+        self.embedding.data.copy_(codes)
+        if self.ema:
+            self.ema_count.fill_(1.0)
+            self.ema_sum.copy_(codes)
+        if self.restart:
+            self.usage.fill_(1.0)
+
+    @torch.no_grad()
+    def _lazy_init(self, flat: Tensor, x: Tensor) -> None:
+        """Data-relative init and k-means init on the first training batch(es)."""
+        if self.init == "data" and not bool(self.data_init_done):
+            self._set_codebook(data_relative_codes(x, self.codebook_size, self.init_scale, self.init_offset))
+            self.data_init_done.fill_(True)
+        if self.kmeans_init and not bool(self.kmeans_done) and not self._warming_up():
+            self.kmeans_batches_seen += 1
+            if self.kmeans_batches == 1:
+                self._set_codebook(self._kmeans(x))
+            else:
+                self._append_latents(flat, capacity=None)
+                if int(self.kmeans_batches_seen) < self.kmeans_batches:
+                    return
+                self._set_codebook(self._kmeans(self._to_lookup(self._buffered_latents())))
+                self._clear_buffer()
+            self.kmeans_done.fill_(True)
+
+    @torch.no_grad()
+    def _update_state(self, x: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        """Training-mode codebook updates after the lookup: EMA codebook, usage, dead-code restart."""
+        stats: dict[str, Tensor] = {}
+        k = self.codebook_size
+        counts = torch.bincount(indices, minlength=k).to(x.dtype)
+        self.train_forwards += 1
+        if self.ema:
+            sums = torch.zeros(k, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, indices, x)
+            self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
+            self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+            total = self.ema_count.sum()
+            smoothed = (self.ema_count + self.ema_eps) / (total + k * self.ema_eps) * total
+            codes = self.ema_sum / smoothed.unsqueeze(1)
+            self.embedding.data.copy_(unit_rows(codes) if self.l2_normalize else codes)
+        if self.restart:
+            self.usage.mul_(self.restart_decay).add_(counts, alpha=1 - self.restart_decay)
+            dead = torch.zeros(k, dtype=torch.bool, device=x.device)
+            if int(self.train_forwards) % self.restart_interval == 0:
+                dead = self.usage < self.restart_threshold
+            n_dead = int(dead.sum())
+            if n_dead > 0:
+                n = x.shape[0]
+                pick = torch.randperm(n, device=x.device)[:n_dead] if n >= n_dead else \
+                    torch.randint(n, (n_dead,), device=x.device)
+                noise = torch.randn(n_dead, x.shape[1], device=x.device) * (self.restart_noise / math.sqrt(x.shape[1]))
+                new = x[pick] + noise
+                if self.l2_normalize:
+                    new = unit_rows(new)
+                self.embedding.data[dead] = new.to(self.embedding.dtype)
+                self.usage[dead] = self.restart_threshold
+                if self.ema:
+                    self.ema_count[dead] = self.restart_threshold
+                    self.ema_sum[dead] = new * self.restart_threshold
+            stats["restarted"] = torch.tensor(float(n_dead))
+        return stats
+
+    # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, z: Tensor) -> QuantizeOutput:
         check_last_dim(z, self.dim)
-        flat = z.reshape(-1, self.dim)
-        indices = nearest_code(flat, self.embedding)
-        codes = self.embedding[indices]
-        codebook_loss = F.mse_loss(codes, flat.detach())
-        commitment_loss = F.mse_loss(flat, codes.detach())
-        loss = codebook_loss + self.beta * commitment_loss
-        z_q = straight_through(flat, codes).reshape(z.shape)
-        return QuantizeOutput(z_q, indices.reshape(z.shape[:-1]), loss,
-                              {"codebook_loss": codebook_loss.detach(),
-                               "commitment_loss": commitment_loss.detach()})
+        # the search, the statistics and the losses run in float32 even under autocast
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward(z)
+
+    def _forward(self, z: Tensor) -> QuantizeOutput:
+        flat = z.reshape(-1, self.dim).float()
+        x = self._to_lookup(flat)
+        training = self.training
+        if training:
+            self._lazy_init(flat, x.detach())
+        weight = self.embedding
+        if training and (self.ema or self.restart):
+            # the updates below rewrite the codebook in place: the graph must hold a copy, not the parameter
+            weight = weight.clone()
+        codes_all = self._lookup_codes(weight)
+        indices = nearest_code(x, codes_all)
+        stats: dict[str, Tensor] = {}
+
+        if self._warming_up():  # deferred quantisation: identity on z, keep recent latents
+            if training:
+                self._append_latents(flat, capacity=self.warmup_buffer_size)
+            stats["quantizing"] = torch.tensor(0.0)
+            return QuantizeOutput(z, indices.reshape(z.shape[:-1]), flat.new_zeros(()), stats)
+
+        e = codes_all[indices]
+        commitment_loss = F.mse_loss(x, e.detach())
+        loss = self.beta * commitment_loss
+        stats["commitment_loss"] = commitment_loss.detach()
+        if not self.ema:
+            codebook_loss = F.mse_loss(e, x.detach())
+            loss = loss + codebook_loss
+            stats["codebook_loss"] = codebook_loss.detach()
+        if self.orthoreg_weight > 0:
+            ortho = orthogonal_penalty(weight)
+            loss = loss + self.orthoreg_weight * ortho
+            stats["orthoreg"] = ortho.detach()
+        if self.entropy_weight > 0:
+            entropy = soft_assignment_entropy(x, codes_all, self.entropy_temperature)
+            loss = loss + self.entropy_weight * (math.log(self.codebook_size) - entropy)
+            stats["assignment_entropy"] = entropy.detach()
+        grad_path = rotate_to(x, e) if self.rotation else x
+        # value exactly e; gradient to x through the identity (straight-through) or sg[lambda R] (rotation)
+        v = e.detach() + (grad_path - grad_path.detach())
+        z_q = self._to_z(v).reshape(z.shape).to(z.dtype)
+        if self.warmup_fraction > 0:
+            stats["quantizing"] = torch.tensor(1.0)
+        if training and (self.ema or self.restart):
+            stats.update(self._update_state(x.detach(), indices))
+        elif training:
+            self.train_forwards += 1
+        return QuantizeOutput(z_q, indices.reshape(z.shape[:-1]), loss, stats)
+
+    # -- resume: the latent buffer's row count varies --------------------------------------------------------
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "latent_buffer"
+        if key in state_dict and state_dict[key].shape != self.latent_buffer.shape:
+            self.latent_buffer = self.latent_buffer.new_zeros(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# -- presets: one registered name per mechanism, each with its defaults ----------------------------------------
+register_method("vq-ema", version=1, paper="1711.00937", family="vq",
+                description="VQ-VAE with an EMA codebook (cluster sizes/sums, decay 0.99, Laplace eps 1e-5); "
+                            "loss = beta*commitment only",
+                beta=0.25, ema=True, ema_decay=0.99, ema_eps=1e-5)(VectorQuantizer)
+register_method("vq-kmeans", version=1, paper="2107.03312", family="vq",
+                description="VQ-VAE whose codebook is initialised by k-means (k-means++ seeding, 10 Lloyd "
+                            "iterations) on the first training batch",
+                beta=0.25, kmeans_init=True, kmeans_iters=10, kmeans_seeding="kmeans++", kmeans_batches=1)(
+    VectorQuantizer)
+register_method("vq-restart", version=1, paper="2005.00341", family="vq",
+                description="VQ-VAE with dead-code restart: codes whose EMA usage (decay 0.99) falls below the "
+                            "threshold are replaced by random batch vectors plus noise",
+                beta=0.25, restart=True, restart_threshold=1.0, restart_decay=0.99, restart_noise=0.01,
+                restart_interval=1)(VectorQuantizer)
+register_method("vq-l2", version=1, paper="2110.04627", family="vq",
+                description="ViT-VQGAN factorized codes: project to 8 dims, l2-normalise inputs and codes "
+                            "(cosine lookup), project back",
+                beta=0.25, code_dim=8, l2_normalize=True)(VectorQuantizer)
+register_method("vq-rotation", version=1, paper="2410.06424", family="vq",
+                description="VQ-VAE with the rotation trick: gradients pass through the constant rotation + "
+                            "rescaling that maps z onto its code",
+                beta=0.25, rotation=True)(VectorQuantizer)
+register_method("vq-orthoreg", version=1, paper="2112.00384", family="vq",
+                description="VQ-VAE + orthogonal codebook regulariser 10 * sum_{i!=j} cos(c_i, c_j)^2 / K^2",
+                beta=0.25, orthoreg_weight=10.0)(VectorQuantizer)
+register_method("vq-entropy", version=1, paper="2303.06424", family="vq",
+                description="VQ-VAE + batch codebook-entropy penalty weight * (log K - H(mean softmax(-d^2/T)))",
+                beta=0.25, entropy_weight=0.1, entropy_temperature=1.0)(VectorQuantizer)
+register_method("vq-deferred", version=1, paper="2603.17052", family="vq",
+                description="Deferred quantisation: identity for the first 10% of steps while buffering latents, "
+                            "then k-means init on the buffer and VQ",
+                beta=0.25, warmup_fraction=0.1, warmup_buffer_size=16384)(VectorQuantizer)
