@@ -36,7 +36,8 @@ FINDINGS = {
     "tokens-collapse": Finding(
         "tokens-collapse",
         "Tokens collapse: restricted codebook initialisation",
-        "Codes drawn at init_scale x the spread of the first batch of encoder outputs (init=data, offset 0). "
+        "Task gmm-codebook (fixed Gaussian-mixture embeddings, no encoder: only the quantizer learns). "
+        "Codes drawn at init_scale x the spread of the first batch of embeddings (init=data, offset 0). "
         "A small scale leaves most codes dead (low utilization) and merged at the data's resolution (low tokens-"
         "collapse index) for plain VQ; k-means init, dead-code restart, SimVQ's reparameterisation and implicit "
         "codebooks (FSQ: no learned codebook, drawn flat) are immune. Mean and standard deviation over seeds.",
@@ -47,7 +48,8 @@ FINDINGS = {
     "tokens-collapse-offset": Finding(
         "tokens-collapse-offset",
         "Tokens collapse: codebook initialised away from the data",
-        "Codes drawn around the first batch's mean shifted by init_offset x its std (init=data, scale 1). "
+        "Task gmm-codebook. Codes drawn around the first batch's mean shifted by init_offset x its std "
+        "(init=data, scale 1). "
         "Codes far from the data are never selected and never updated by the codebook loss. Mean and standard "
         "deviation over seeds.",
         "method.init_offset", "codebook init offset (x data std)",

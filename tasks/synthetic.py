@@ -132,6 +132,26 @@ class GaussianMixtureTask(VectorReconstructionTask):
         return train, test
 
 
+@register_task("gmm-codebook", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+               description="Fit a codebook to fixed Gaussian-mixture embeddings (no encoder): the codebook "
+                           "initialisation is the tokens-collapse knob",
+               budgets={"quick": QUICK, "paper": PAPER},
+               n_modes=64, data_dim=16, codebook_size=256, separation=2.0, n_train=16384, n_eval=4096, data_seed=0)
+class CodebookFitTask(GaussianMixtureTask):
+    """The embeddings are the data: encoder and decoder are the identity, so only the quantizer learns.
+
+    The loss is ``||x - z_q||^2`` plus the quantizer's auxiliary loss. Whatever a method does to its codebook
+    (and nothing else) decides how many codes end up used: tokens collapse in isolation.
+    """
+
+    def __init__(self, n_modes: int, data_dim: int, codebook_size: int, separation: float, n_train: int,
+                 n_eval: int, data_seed: int) -> None:
+        super().__init__(n_modes, data_dim, data_dim, codebook_size, separation, 1, 0, n_train, n_eval, data_seed)
+
+    def build_model(self, quantizer: nn.Module) -> Autoencoder:
+        return Autoencoder(nn.Identity(), quantizer, nn.Identity()).to(self.device)
+
+
 def random_manifold(n: int, intrinsic_dim: int, data_dim: int, generator: torch.Generator,
                     weights: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``x = W2 tanh(W1 u)``, ``u ~ N(0, I_intrinsic)``: a smooth ``intrinsic_dim``-manifold in ``data_dim`` dims.

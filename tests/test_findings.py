@@ -26,14 +26,18 @@ def test_embedding_rank_grows_with_encoder_width(tmp_path):
 
 
 def test_restricted_init_collapses_vq_but_not_kmeans_init(tmp_path):
-    task = {"n_train": 2048, "n_eval": 1024, "codebook_size": 64}
+    task = {"n_train": 4096, "n_eval": 1024}
+    budget = {"steps": 300, "batch_size": 256, "eval_interval": 300}
     restricted = {"init": "data", "init_scale": 0.01, "init_offset": 0.0}
-    vq = final(make_spec("gmm", "vq", task, restricted, budget=SMALL_BUDGET), tmp_path)
-    healthy = final(make_spec("gmm", "vq", task, {**restricted, "init_scale": 1.0}, budget=SMALL_BUDGET), tmp_path)
-    kmeans = final(make_spec("gmm", "vq-kmeans", task, restricted, budget=SMALL_BUDGET), tmp_path)
+    vq = final(make_spec("gmm-codebook", "vq", task, restricted, budget=budget), tmp_path)
+    healthy = final(make_spec("gmm-codebook", "vq", task, {**restricted, "init_scale": 1.0}, budget=budget), tmp_path)
+    kmeans = final(make_spec("gmm-codebook", "vq-kmeans", task, restricted, budget=budget), tmp_path)
+    far = final(make_spec("gmm-codebook", "vq", task, {**restricted, "init_scale": 1.0, "init_offset": 8.0},
+                          budget=budget), tmp_path)
     assert vq["utilization"] < 0.5 * kmeans["utilization"], (vq, kmeans)
     assert vq["utilization"] < 0.5 * healthy["utilization"], (vq, healthy)
-    assert vq["tokens_collapse_index"] < kmeans["tokens_collapse_index"]
+    assert vq["tokens_collapse_index"] < 0.5 * kmeans["tokens_collapse_index"]
+    assert far["utilization"] < 0.2 * healthy["utilization"] and far["mse"] > 10 * healthy["mse"]
 
 
 def test_finding_figure_data_and_meta_come_from_the_store(tmp_path):
