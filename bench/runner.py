@@ -138,6 +138,13 @@ def select_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def device_label(dev: torch.device) -> str:
+    """``cuda: <name>`` or ``cpu (<n> threads)``: CPU results depend on the intra-op thread count."""
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -214,7 +221,7 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
         "task_kind": task_entry.kind, "task_description": task_entry.description,
         "seed": spec.seed, "budget": canonical_json(asdict(spec.budget)),
         "tags": list(spec.tags), "spec": spec.to_json(), "main_metric": task_entry.main_metric,
-        "higher_is_better": task_entry.higher_is_better, "device": str(dev),
+        "higher_is_better": task_entry.higher_is_better, "device": device_label(dev),
         "hostname": socket.gethostname(), "versions": json.dumps(package_versions(), sort_keys=True),
         "slurm_job_id": slurm_job_id(), "started_at": started_at, "error": "",
     }

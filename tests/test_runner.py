@@ -29,7 +29,7 @@ def test_run_writes_rows_and_is_deterministic(tmp_path, tiny_spec):
     runs = ResultStore(tmp_path / "a").load_runs()
     row = runs.iloc[0]
     assert row.run_id == spec.run_id and row.status == "ok" and row.steps_done == 24
-    assert row.device == "cpu" and row.items_per_s > 0 and row.main_metric == "mse"
+    assert row.device == "cpu (1 threads)" and row.items_per_s > 0 and row.main_metric == "mse"
     assert "torch" in row.versions and row.method_paper == "1711.00937"
     arrays = ResultStore(tmp_path / "a").load_arrays()
     assert {"usage_histogram", "embedding_spectrum", "codebook_spectrum"} <= set(arrays.name)
