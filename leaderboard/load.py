@@ -1,0 +1,107 @@
+"""Fast bulk reads of the result store for the site build.
+
+``bench.store.ResultStore.load_*`` read one file at a time in threads; with one file per run, a
+10,000-run store is 30,000 small Parquet files and the per-file cost (footer parsing, schema
+resolution, Python overhead under the GIL) dominates: about 20 s for the runs table alone on
+the 2-core reference machine. This module reads the same files, with the same canonical schemas
+(``bench.store.RUNS_SCHEMA`` ...) and the same rule for damaged files (skipped with a warning that
+names them), but in worker processes, each file through ``pyarrow.parquet.ParquetFile`` (the
+cheapest path), and for arrays it keeps only what the site shows (each array's last eval step)
+before sending anything back.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import bench.store
+from bench.store import ARRAYS_SCHEMA, METRICS_SCHEMA, RUNS_SCHEMA, ResultStore
+
+_SCHEMAS = {"runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA, "arrays": ARRAYS_SCHEMA}
+if hasattr(bench.store, "PERF_SCHEMA"):  # `vqbench perf` measurements (results/perf/<perf_id>.parquet)
+    _SCHEMAS["perf"] = bench.store.PERF_SCHEMA
+#: below this many files a process pool costs more than it saves
+PARALLEL_MIN_FILES = 400
+
+
+def _read_one(path: str, schema: pa.Schema) -> tuple[pa.Table | None, str | None]:
+    try:
+        table = pq.ParquetFile(path, pre_buffer=True).read(use_threads=False)
+        if not table.schema.equals(schema, check_metadata=False):
+            table = pq.read_table(path, schema=schema)  # older/extra columns: let Arrow conform them
+        return table.select(schema.names), None
+    except Exception as exc:  # damaged, truncated, or an incompatible schema
+        return None, (f"skipping damaged results file {path}: {type(exc).__name__}: {exc} "
+                      "(delete it and rerun that run)")
+
+
+def _last_steps(table: pa.Table) -> pa.Table:
+    """Rows of an arrays table at the last ``eval`` step of each array name."""
+    splits = table.column("split").to_pylist()
+    names = table.column("name").to_pylist()
+    steps = table.column("step").to_pylist()
+    run_ids = table.column("run_id").to_pylist()
+    best: dict[tuple[str, str], int] = {}
+    for i, (split, name, step) in enumerate(zip(splits, names, steps)):
+        if split != "eval":
+            continue
+        key = (run_ids[i], name)
+        if key not in best or step >= steps[best[key]]:
+            best[key] = i
+    return table.take(pa.array(sorted(best.values()), type=pa.int64()))
+
+
+def _read_chunk(args: tuple[list[str], str, bool]) -> tuple[pa.Table | None, list[str]]:
+    paths, kind, last_only = args
+    schema = _SCHEMAS[kind]
+    tables, problems = [], []
+    for path in paths:
+        table, problem = _read_one(path, schema)
+        if problem:
+            problems.append(problem)
+            continue
+        if last_only:
+            table = _last_steps(table)
+        tables.append(table)
+    if not tables:
+        return None, problems
+    return pa.concat_tables(tables).combine_chunks(), problems
+
+
+def read_tables(paths: Sequence[Path | str], kind: str, *, last_only: bool = False,
+                workers: int | None = None) -> pd.DataFrame:
+    """Read store files of one ``kind`` (runs | metrics | arrays | perf) into one DataFrame."""
+    schema = _SCHEMAS[kind]
+    paths = sorted(str(p) for p in paths)
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    if len(paths) < PARALLEL_MIN_FILES or workers == 1:
+        results = [_read_chunk((paths, kind, last_only))]
+    else:
+        n_chunks = workers * 4
+        chunks = [(paths[i::n_chunks], kind, last_only) for i in range(n_chunks)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_read_chunk, chunks))
+    tables = []
+    for table, problems in results:
+        for problem in problems:
+            warnings.warn(problem, stacklevel=2)
+        if table is not None:
+            tables.append(table)
+    if not tables:
+        return schema.empty_table().to_pandas()
+    return pa.concat_tables(tables).combine_chunks().to_pandas()
+
+
+def store_files(store: ResultStore, kind: str) -> list[Path]:
+    """All files of one table of the store (same layout as ``bench.store.ResultStore``'s paths)."""
+    if kind in ("runs", "perf"):
+        return list((store.root / kind).glob("*.parquet"))
+    return list((store.root / kind).glob("task=*/*.parquet"))
