@@ -1,0 +1,280 @@
+"""Job bookkeeping beside the result store: what was submitted where, and what the scheduler says.
+
+Under ``<results>/jobs/<sweep>/``:
+
+- ``submissions.jsonl``: one line per submitted run: run_id, job_id, executor, submitit folder, time;
+- ``attempts.jsonl``: one line per event a worker reports (``start``, ``end``, ``error``) with its job
+  id, host and the code folder it ran from: how often a run was started, and why it failed when it
+  failed outside the runner (which writes its own ``failed`` rows);
+- ``logs/<job_id>/``: submitit's folder (sbatch script, pickles, stdout/stderr of each job);
+- ``code/<hash>/`` and ``plugins/``: the snapshot of the code and plugin files the jobs import.
+
+Both files are append-only JSON lines (one ``write`` each, so concurrent writers do not interleave on
+a local file system); unreadable lines are skipped. The store stays the source of truth: these files
+only say which job to ask about a run that has no complete row yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING",
+                 "SUSPENDED", "STOPPED", "RESIZING", "SPECIAL_EXIT", "SIGNALING", "POWER_UP_NODE"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
+
+
+def jobs_dir(results: Path, sweep: str) -> Path:
+    return Path(results) / "jobs" / sweep
+
+
+def _append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if not data:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+# -- submissions -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submission:
+    run_id: str
+    job_id: str
+    executor: str  # slurm | local | debug
+    folder: str  # submitit folder pattern (with %j)
+    sweep: str
+    submitted_at: float
+
+    def paths(self) -> Any:
+        from submitit.core.utils import JobPaths
+
+        return JobPaths(self.folder or ".", job_id=self.job_id, task_id=0)
+
+
+def record_submissions(results: Path, sweep: str, subs: list[Submission]) -> None:
+    _append_jsonl(jobs_dir(results, sweep) / "submissions.jsonl", (asdict(s) for s in subs))
+
+
+def latest_submissions(results: Path) -> dict[str, Submission]:
+    """run_id -> the latest submission of it, over every sweep in this results folder."""
+    latest: dict[str, Submission] = {}
+    for path in sorted((Path(results) / "jobs").glob("*/submissions.jsonl")):
+        for record in _read_jsonl(path):
+            try:
+                sub = Submission(**{k: record[k] for k in Submission.__dataclass_fields__})
+            except (KeyError, TypeError):
+                continue
+            old = latest.get(sub.run_id)
+            if old is None or sub.submitted_at >= old.submitted_at:
+                latest[sub.run_id] = sub
+    return latest
+
+
+# -- attempts (written by workers) -----------------------------------------------------------------
+def record_attempt(results: Path, sweep: str, run_id: str, job_id: str, event: str, **extra: Any) -> None:
+    record = {"run_id": run_id, "job_id": job_id, "event": event, "time": time.time(),
+              "host": socket.gethostname(), "pid": os.getpid(), **extra}
+    _append_jsonl(jobs_dir(results, sweep) / "attempts.jsonl", [record])
+
+
+def load_attempts(results: Path) -> dict[str, list[dict[str, Any]]]:
+    """run_id -> its attempt events (oldest first), over every sweep in this results folder."""
+    events: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((Path(results) / "jobs").glob("*/attempts.jsonl")):
+        for record in _read_jsonl(path):
+            if "run_id" in record:
+                events.setdefault(record["run_id"], []).append(record)
+    for records in events.values():
+        records.sort(key=lambda r: r.get("time", 0))
+    return events
+
+
+# -- Slurm -----------------------------------------------------------------------------------------
+class SchedulerError(RuntimeError):
+    """The scheduler could not be asked (e.g. slurmctld down): job states are unknown."""
+
+
+def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    if shutil.which(cmd[0]) is None:
+        raise SchedulerError(f"{cmd[0]} not found: is this a Slurm login node?")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def squeue_states() -> dict[str, str]:
+    """job id (``123`` or ``123_4`` for array tasks) -> state, for this user's jobs still in the queue."""
+    user = os.environ.get("USER") or _whoami()
+    proc = _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"])
+    if proc.returncode != 0:
+        raise SchedulerError(f"squeue failed: {' '.join(proc.stderr.split()) or proc.returncode}")
+    return parse_squeue(proc.stdout)
+
+
+def _whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def parse_squeue(text: str) -> dict[str, str]:
+    states = {}
+    for line in text.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job and state:
+            states[job] = state.strip().upper()
+    return states
+
+
+def sacct_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]] | None:
+    """job id -> (state, exit code) from accounting, or None where accounting is not available."""
+    mains = sorted({j.split("_")[0] for j in job_ids})
+    if not mains:
+        return {}
+    try:
+        proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(mains)])
+    except (SchedulerError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:  # e.g. "Slurm accounting storage is disabled"
+        return None
+    return parse_sacct(proc.stdout)
+
+
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """``123_4|CANCELLED by 0|0:15`` lines -> {"123_4": ("CANCELLED", "0:15")}; ranges expand."""
+    out: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        job, state = parts[0], parts[1].split()[0].upper() if parts[1].split() else ""
+        code = parts[2] if len(parts) > 2 else ""
+        if "_[" in job:  # a pending range like 123_[4-6%2]
+            main, _, rng = job.partition("_[")
+            for part in rng.rstrip("]").split("%")[0].split(","):
+                lo, _, hi = part.partition("-")
+                if lo.isdigit():
+                    for k in range(int(lo), int(hi or lo) + 1):
+                        out[f"{main}_{k}"] = (state, code)
+        else:
+            out[job] = (state, code)
+    return out
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (array indices must stay below it), or None when it cannot be read."""
+    try:
+        proc = _run(["scontrol", "show", "config"], timeout=30)
+    except (SchedulerError, subprocess.TimeoutExpired):
+        return None
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+# -- local processes -------------------------------------------------------------------------------
+def local_job_alive(job_id: str) -> bool:
+    """Whether the local submitit job (its id is the controller's pid) is still running."""
+    if not job_id.isdigit():
+        return False
+    pid = int(job_id)
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            stat = (proc / "stat").read_text()
+            state = stat.rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X") and "submitit" in cmdline
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def debug_job_alive(job_id: str) -> bool:
+    """Whether another process is running a sweep in-process (debug executor); this process is not."""
+    pid = job_id.removeprefix("debug-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(int(pid), 0)
+    except OSError:
+        return False
+    return True
+
+
+# -- logs ------------------------------------------------------------------------------------------
+def result_error(sub: Submission) -> str | None:
+    """The last line of the traceback submitit pickled when the job's function raised, if any."""
+    if not sub.folder:
+        return None
+    path = sub.paths().result_pickle
+    if not path.exists():
+        return None
+    try:
+        from submitit.core.utils import pickle_load
+
+        outcome, payload = pickle_load(path)
+    except Exception:  # noqa: BLE001 - a damaged pickle just gives no message
+        return None
+    if outcome != "error":
+        return None
+    lines = [ln.strip() for ln in str(payload).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "the job raised an exception"
+
+
+def log_reason(sub: Submission) -> str | None:
+    """A line of the job's stderr that says why it ended (Slurm's CANCELLED/TIME LIMIT/OOM notes)."""
+    if not sub.folder:
+        return None
+    path = sub.paths().stderr
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    lines = lines[-200:]
+    # Slurm's own notices first ("*** JOB 12 ON node CANCELLED AT ... ***"), then the kernel's and srun's
+    for keys in (("*** JOB",), ("*** STEP",), ("oom", "Out Of Memory", "out-of-memory"), ("Killed",)):
+        for line in reversed(lines):
+            if any(k in line for k in keys):
+                return " ".join(line.split())
+    return None

@@ -1,0 +1,559 @@
+"""Submit a sweep, report its status, collect its results: each safe to rerun at any time.
+
+- :func:`run_sweep` expands the sweep, skips runs complete in the store and runs whose job is still
+  pending or running (so a rerun never does anything twice), and submits the rest: on Slurm as job
+  arrays (one per resource profile, split below the cluster's MaxArraySize, ``%`` throttled), on the
+  local executor as background processes (at most ``array_parallelism``, and no more than the CPUs
+  allow) that each run their share of the runs in turn, and on the debug executor in this process,
+  one after the other.
+- :func:`sweep_status` classifies every run: ``done`` / ``diverged`` (the store), ``running`` /
+  ``pending`` (the scheduler: ``squeue``, or the local process), ``failed`` (a ``failed`` row in the
+  store, or a job that ended without writing one: cancelled, out of memory, node failure; seen with
+  or without Slurm accounting) and ``unsubmitted``; failed runs carry a one-line error from the
+  store, the worker, submitit's pickled traceback, ``sacct`` or the job's log.
+- :func:`collect_sweep` writes ``<results>/sweeps/<name>.parquet`` (one row per run of the sweep
+  with its final metrics) and ``<name>.json`` (the sweep's run ids: a run shared with another suite
+  is stored once but belongs to both).
+
+The driver only submits and reads: workers write their own results, so killing it loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+from bench.errors import UserError
+from bench.runner import git_provenance
+from bench.spec import RunSpec
+from bench.store import ResultStore, atomic_write_table, final_metrics
+from slurm import jobs
+from slurm.profile import CLUSTERS, Profile
+from slurm.snapshot import launcher, ship_plugins, snapshot_code
+from slurm.sweep import Sweep
+from slurm.worker import SweepWorker
+
+STATES = ("done", "running", "pending", "failed", "diverged", "unsubmitted")
+ACTIVE = ("running", "pending", "unknown")
+
+
+@dataclass
+class RunState:
+    spec: RunSpec
+    state: str  # one of STATES, or "unknown" (the scheduler could not be asked)
+    error: str = ""
+    job_id: str | None = None
+
+    def line(self) -> str:
+        s = self.spec
+        job = f" [job {self.job_id}]" if self.job_id else ""
+        return f"{s.run_id} {s.method} on {s.task} seed {s.seed}{job}: {self.error or self.state}"
+
+
+@dataclass
+class SweepStatus:
+    sweep: str
+    results: Path
+    runs: list[RunState]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """done / running / pending / failed / diverged, then unsubmitted and unknown when there are any."""
+        c = Counter(r.state for r in self.runs)
+        counts = {s: c.get(s, 0) for s in ("done", "running", "pending", "failed", "diverged")}
+        counts.update({s: c[s] for s in ("unsubmitted", "unknown") if c.get(s)})
+        return counts
+
+    def of(self, *states: str) -> list[RunState]:
+        return [r for r in self.runs if r.state in states]
+
+    def summary_line(self) -> str:
+        return "  ".join(f"{k} {v}" for k, v in self.counts.items())
+
+    def format(self) -> str:
+        lines = [f"sweep {self.sweep}: {len(self.runs)} runs in {self.results}", "  " + self.summary_line()]
+        failed = self.of("failed")
+        if failed:
+            lines.append("failed:")
+            lines += [f"  {r.line()}" for r in failed]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class SweepSummary:
+    """What :func:`run_sweep` did."""
+
+    sweep: str
+    executor: str
+    total: int
+    complete: int  # already complete in the store: skipped
+    in_flight: int  # pending or running from an earlier submission: skipped
+    submitted: int
+    jobs: list[str] = field(default_factory=list)  # job (array) ids, or "in-process"
+    dry_run: bool = False
+    plan: list[str] = field(default_factory=list)  # dry run: what would be submitted
+    results: list[dict[str, Any]] = field(default_factory=list)  # debug executor: per-run outcome
+    status: SweepStatus | None = None  # after waiting
+
+    @property
+    def failed(self) -> int:
+        if self.status is not None:
+            return len(self.status.of("failed"))
+        return sum(r.get("status") in ("failed", "error") for r in self.results)
+
+    def format(self) -> str:
+        verb = "would submit" if self.dry_run else "submitted"
+        lines = [f"sweep {self.sweep}: {self.total} runs; {self.complete} complete (skipped), {self.in_flight} "
+                 f"pending/running from an earlier submission (skipped); {verb} {self.submitted} "
+                 f"({self.executor})"]
+        lines += [f"  {p}" for p in self.plan]
+        if self.jobs and not self.dry_run:
+            lines.append(f"  jobs: {', '.join(self.jobs)}")
+        if self.status is not None:
+            lines.append("  now: " + self.status.summary_line())
+            lines += [f"  failed: {r.line()}" for r in self.status.of("failed")]
+        return "\n".join(lines)
+
+
+# -- status ----------------------------------------------------------------------------------------
+def _failure_reason(sub: jobs.Submission, attempts: list[dict[str, Any]], acct: dict[str, tuple[str, str]] | None,
+                    executor_word: str) -> str:
+    for event in reversed(attempts):
+        if event.get("job_id") == sub.job_id and event.get("event") == "error":
+            return str(event.get("error", "the run raised"))
+        if event.get("job_id") == sub.job_id and event.get("event") == "start":
+            break
+    pickled = jobs.result_error(sub)
+    if pickled:
+        return pickled
+    if acct is not None and sub.job_id in acct:
+        state, code = acct[sub.job_id]
+        reason = f"job {sub.job_id} ended {state} (exit {code}) without a result"
+    else:
+        reason = f"{executor_word} job {sub.job_id} ended without writing a result (cancelled, out of memory " \
+                 "or node failure?)"
+    note = jobs.log_reason(sub)
+    return f"{reason}; log: {note}" if note else reason
+
+
+def sweep_status(sweep: Sweep, results: str | os.PathLike[str]) -> SweepStatus:
+    """Classify every run of ``sweep`` from the store, the job bookkeeping and the scheduler."""
+    results = Path(results).resolve()
+    store = ResultStore(results)
+    status = SweepStatus(sweep.name, results, [])
+    subs = jobs.latest_submissions(results)
+    attempts = jobs.load_attempts(results)
+    states: list[RunState | None] = []
+    waiting: list[tuple[int, RunSpec, jobs.Submission]] = []
+    rows = _read_rows(store, sweep.run_ids())
+    for spec in sweep.specs():
+        row = rows.get(spec.run_id, _Row(None))
+        if row.status == "ok":
+            states.append(RunState(spec, "done"))
+        elif row.status == "diverged":
+            states.append(RunState(spec, "diverged", row.error))
+        elif spec.run_id in subs and subs[spec.run_id].submitted_at > row.finished:
+            states.append(None)  # submitted after any stored failure: ask the job
+            waiting.append((len(states) - 1, spec, subs[spec.run_id]))
+        elif row.status in ("failed", "timeout"):
+            states.append(RunState(spec, "failed", row.error or row.status))
+        else:
+            states.append(RunState(spec, "unsubmitted"))
+    slurm_subs = [s for _, _, s in waiting if s.executor == "slurm"]
+    queue: dict[str, str] | None = None
+    acct: dict[str, tuple[str, str]] | None = None
+    if slurm_subs:
+        try:
+            queue = jobs.squeue_states()
+        except (jobs.SchedulerError, OSError) as exc:
+            status.notes.append(f"cannot ask Slurm about {len(slurm_subs)} run(s): {exc}")
+    for index, spec, sub in waiting:
+        run_attempts = attempts.get(spec.run_id, [])
+        events = [a.get("event") for a in run_attempts if a.get("job_id") == sub.job_id]
+        last = events[-1] if events else None
+        if last not in ("end", "error"):  # the job has not finished this run: ask whether it still lives
+            if sub.executor == "slurm":
+                if queue is None:
+                    states[index] = RunState(spec, "unknown", "Slurm could not be asked", sub.job_id)
+                    continue
+                state = queue.get(sub.job_id)
+                if state in jobs.SLURM_RUNNING:
+                    states[index] = RunState(spec, "running", job_id=sub.job_id)
+                    continue
+                if state is not None:  # still queued (pending, requeued, held ...)
+                    states[index] = RunState(spec, "pending", "" if state == "PENDING" else state.lower(),
+                                             sub.job_id)
+                    continue
+            elif (sub.executor == "local" and jobs.local_job_alive(sub.job_id)) or \
+                    (sub.executor == "debug" and jobs.debug_job_alive(sub.job_id)):
+                states[index] = RunState(spec, "running" if last == "start" else "pending", job_id=sub.job_id)
+                continue
+        # the job is gone: a result written meanwhile counts, otherwise it failed
+        row = _read_rows(store, [spec.run_id]).get(spec.run_id, _Row(None))
+        if row.status in ("ok", "diverged"):
+            states[index] = RunState(spec, "done" if row.status == "ok" else "diverged", row.error, sub.job_id)
+            continue
+        if row.status in ("failed", "timeout") and row.finished >= sub.submitted_at:
+            states[index] = RunState(spec, "failed", row.error or row.status, sub.job_id)
+            continue
+        if sub.executor == "slurm" and acct is None:
+            acct = jobs.sacct_states([s.job_id for s in slurm_subs]) or {}
+        word = {"slurm": "Slurm", "local": "local", "debug": "in-process"}.get(sub.executor, sub.executor)
+        states[index] = RunState(spec, "failed", _failure_reason(sub, run_attempts, acct or None, word), sub.job_id)
+    status.runs = [s for s in states if s is not None]
+    return status
+
+
+@dataclass(frozen=True)
+class _Row:
+    status: str | None
+    error: str = ""
+    finished: float = float("-inf")
+
+
+def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
+    """status, error and finish time of the stored rows of ``run_ids`` (read in parallel)."""
+    import pyarrow.parquet as pq
+
+    from bench.store import RUNS_SCHEMA
+
+    def read(run_id: str) -> tuple[str, _Row | None]:
+        path = store.run_path(run_id)
+        if not path.exists():
+            return run_id, None
+        try:
+            rows = pq.read_table(path, schema=RUNS_SCHEMA, columns=["status", "error", "finished_at"]).to_pylist()
+        except Exception:  # noqa: BLE001 - damaged: as if absent (the store warns when it loads it)
+            return run_id, None
+        if len(rows) != 1:
+            return run_id, None
+        finished = rows[0]["finished_at"]
+        return run_id, _Row(rows[0]["status"], " ".join(str(rows[0]["error"] or "").split()),
+                            finished.timestamp() if finished is not None else float("-inf"))
+
+    if len(run_ids) > 64:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            pairs = list(pool.map(read, run_ids))
+    else:
+        pairs = [read(r) for r in run_ids]
+    return {rid: row for rid, row in pairs if row is not None}
+
+
+# -- submission ------------------------------------------------------------------------------------
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _spread(items: list[Any], n: int) -> list[list[Any]]:
+    """``items`` dealt round-robin into ``n`` non-empty lists (order kept within each)."""
+    n = max(1, min(n, len(items)))
+    return [items[i::n] for i in range(n)]
+
+
+def _provenance() -> dict[str, str]:
+    commit, dirty = git_provenance()
+    if commit is None:
+        return {}
+    return {"VQBENCH_GIT_COMMIT": commit, "VQBENCH_GIT_DIRTY": "1" if dirty else "0"}
+
+
+def _write_membership(sweep: Sweep, results: Path) -> Path:
+    path = results / "sweeps" / f"{sweep.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
+            "file": str(sweep.path) if sweep.path else None, "tag": sweep.suite_tag,
+            "run_ids": sweep.run_ids(), "written_at": datetime.now(timezone.utc).isoformat()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _setup_lines(code: Path | None) -> list[str]:
+    if code is None:
+        return []
+    return [f"export PYTHONPATH={_shell_quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+
+
+def _shell_quote(text: str) -> str:
+    return shlex.quote(text)
+
+
+def sbatch_preview(profile: Profile, folder: Path, n: int, setup: list[str], job_name: str,
+                   launcher_path: Path | None = None) -> str:
+    """The sbatch script submitit would write for an array of ``n`` runs with ``profile``."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params = profile.slurm_parameters(job_name, setup)
+    python = profile.python or shlex.quote(sys.executable)
+    start = shlex.quote(str(launcher_path)) if launcher_path else "-m submitit.core._submit"
+    return _make_sbatch_string(command=f"{python} -u {start} {shlex.quote(str(folder))}", folder=folder,
+                               map_count=n if n > 1 else None, **params)
+
+
+def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executor: str | None = None,
+              dry_run: bool = False, wait: bool = False, *, poll_s: float = 5.0, device: str | None = None,
+              log: Callable[[str], None] | None = print) -> SweepSummary:
+    """Submit the runs of ``sweep`` that are neither complete nor in flight; see the module docstring.
+
+    ``executor`` (slurm | local | debug) overrides the profiles' ``cluster``. ``dry_run`` only
+    reports what would be submitted (and the sbatch script of the first array). ``wait`` polls the
+    status until no run is pending or running (debug runs in-process and always waits).
+    """
+    say = log or (lambda _line: None)
+    results = Path(results).resolve()
+    if executor is not None and executor not in CLUSTERS:
+        raise UserError(f"unknown executor {executor!r}: use {', '.join(CLUSTERS)}")
+    if dry_run:
+        summary = _submit(sweep, results, executor, True, device, say)
+    else:
+        ResultStore(results).ensure_writable()
+        with _submission_lock(sweep, results):
+            summary = _submit(sweep, results, executor, False, device, say)
+    if wait and not dry_run and summary.executor != "debug" and (summary.submitted or summary.in_flight):
+        summary.status = _wait(sweep, results, poll_s, say)
+    elif not dry_run and summary.results:
+        summary.status = sweep_status(sweep, results)
+    return summary
+
+
+@contextlib.contextmanager
+def _submission_lock(sweep: Sweep, results: Path) -> Iterator[None]:
+    """One driver at a time decides what to submit for a sweep (two at once could both submit a run)."""
+    path = jobs.jobs_dir(results, sweep.name) / ".submit.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another `vqbench sweep run` is submitting sweep {sweep.name} into {results} right "
+                            "now: let it finish, then rerun (nothing is submitted twice)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _submit(sweep: Sweep, results: Path, executor: str | None, dry_run: bool, device: str | None,
+            say: Callable[[str], None]) -> SweepSummary:
+    status = sweep_status(sweep, results)
+    unknown = status.of("unknown")
+    if unknown and not dry_run:
+        raise UserError(f"cannot tell whether {len(unknown)} run(s) of sweep {sweep.name} are still queued "
+                        f"({'; '.join(status.notes)}): not submitting anything twice; retry when Slurm answers")
+    todo_ids = {r.spec.run_id for r in status.of("unsubmitted", "failed")}
+    summary = SweepSummary(sweep.name, "", len(status.runs), len(status.of("done", "diverged")),
+                           len(status.of("running", "pending", "unknown")), len(todo_ids), dry_run=dry_run)
+    groups = [(p, [s for s in specs if s.run_id in todo_ids]) for p, specs in sweep.groups()]
+    groups = [(p, specs) for p, specs in groups if specs]
+    kinds = sorted({executor or p.cluster for p, _ in groups}) or [executor or sweep.profile.cluster]
+    summary.executor = "+".join(kinds)
+    if not dry_run:
+        _write_membership(sweep, results)
+    if not groups:
+        summary.plan.append("nothing to submit")
+        return summary
+    jobs_root = jobs.jobs_dir(results, sweep.name)
+    for profile, specs in groups:
+        kind = executor or profile.cluster
+        if kind == "debug":
+            summary.plan.append(f"{len(specs)} run(s) in this process, one after the other")
+            if not dry_run:
+                summary.jobs.append("in-process")
+                summary.results += _run_debug(sweep, specs, results, device, say)
+        elif kind == "local":
+            _submit_local(sweep, profile, specs, results, jobs_root, dry_run, summary, device)
+        else:
+            _submit_slurm(sweep, profile, specs, results, jobs_root, dry_run, summary, device)
+    return summary
+
+
+def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | None,
+               say: Callable[[str], None]) -> list[dict[str, Any]]:
+    worker = SweepWorker(str(results), sweep.name, plugins=[], device=device, verbose=False, progress=None)
+    job_id = f"debug-{os.getpid()}"
+    out = []
+    for spec in specs:
+        jobs.record_submissions(results, sweep.name, [jobs.Submission(spec.run_id, job_id, "debug", "", sweep.name,
+                                                                      time.time())])
+        try:
+            outcome = worker([spec.to_json()])[0]
+        except RuntimeError as exc:  # the worker raises after recording a run that raised
+            outcome = {"run_id": spec.run_id, "status": "error", "error": str(exc)}
+        except UserError as exc:
+            outcome = {"run_id": spec.run_id, "status": "error", "error": str(exc)}
+        out.append(outcome)
+        say(_run_line(spec, outcome))
+    return out
+
+
+def _run_line(spec: RunSpec, outcome: dict[str, Any]) -> str:
+    line = f"run {spec.run_id} ({spec.method} on {spec.task}, seed {spec.seed}): {outcome['status']}"
+    if outcome.get("error"):
+        line += f": {outcome['error']}"
+    final = outcome.get("final") or {}
+    keys = [k for k in ("mse", "psnr", "utilization", "perplexity") if k in final]
+    if keys:
+        line += " | " + ", ".join(f"{k}={final[k]:.4g}" for k in keys)
+    if "wall_time_s" in outcome:
+        line += f" ({outcome['wall_time_s']:.1f}s)"
+    return line
+
+
+class _SnapshotCommand:
+    """Start jobs through the snapshot's launcher (``launcher`` set) instead of ``python -m submitit...``."""
+
+    launcher: str | None = None
+    python: str
+    folder: Path
+
+    @property
+    def _submitit_command_str(self) -> str:
+        if not self.launcher:
+            return super()._submitit_command_str  # type: ignore[misc]
+        return " ".join([self.python, "-u", shlex.quote(self.launcher), shlex.quote(str(self.folder))])
+
+
+class _SlurmExecutor(_SnapshotCommand, submitit.SlurmExecutor):
+    pass
+
+
+class _LocalExecutor(_SnapshotCommand, submitit.LocalExecutor):
+    pass
+
+
+def _code_and_plugins(sweep: Sweep, profile: Profile, jobs_root: Path) -> tuple[Path | None, list[dict[str, str]]]:
+    code = snapshot_code(jobs_root / "code") if profile.snapshot else None
+    return code, ship_plugins(sweep.plugins, jobs_root / "plugins")
+
+
+def _submit_local(sweep: Sweep, profile: Profile, specs: list[RunSpec], results: Path, jobs_root: Path,
+                  dry_run: bool, summary: SweepSummary, device: str | None) -> None:
+    shares = _spread(specs, profile.local_parallelism())
+    summary.plan.append(f"{len(specs)} run(s) as {len(shares)} local process(es) (at most "
+                        f"{profile.local_parallelism()} at once), each running its share in turn")
+    if dry_run:
+        return
+    code, plugins = _code_and_plugins(sweep, profile, jobs_root)
+    folder = jobs_root / "logs" / "%j"
+    ex = _LocalExecutor(folder=folder, max_num_timeout=profile.max_num_timeout, python=profile.python)
+    ex.launcher = str(launcher(code)) if code else None
+    worker = SweepWorker(str(results), sweep.name, plugins, threads=profile.cpus, provenance=_provenance(),
+                         device=device)
+    for share in shares:
+        ex.update_parameters(timeout_min=profile.time * len(share), signal_delay_s=profile.signal_delay_s,
+                             setup=_setup_lines(code))
+        job = ex.submit(worker, [s.to_json() for s in share])
+        now = time.time()
+        jobs.record_submissions(results, sweep.name, [
+            jobs.Submission(s.run_id, str(job.job_id), "local", str(folder), sweep.name, now) for s in share])
+        summary.jobs.append(str(job.job_id))
+
+
+def _submit_slurm(sweep: Sweep, profile: Profile, specs: list[RunSpec], results: Path, jobs_root: Path,
+                  dry_run: bool, summary: SweepSummary, device: str | None) -> None:
+    cluster_limit = jobs.max_array_size()
+    limit = cluster_limit or 1001  # Slurm's default MaxArraySize
+    size = max(1, min(limit, profile.max_array_size or limit))
+    chunks = _chunks(specs, size)
+    folder = jobs_root / "logs" / "%j"
+    job_name = f"vqbench-{sweep.name}"
+    known = "" if cluster_limit else " (MaxArraySize not readable here: Slurm's default 1001 assumed)"
+    summary.plan.append(f"{len(specs)} run(s) as {len(chunks)} Slurm array(s) of at most {size}{known} "
+                        f"(%{profile.array_parallelism or 256} at once) with profile {profile.label()}")
+    if dry_run:
+        snap = jobs_root / "code" / "<snapshot>"
+        code_hint = _setup_lines(snap) if profile.snapshot else []
+        preview = sbatch_preview(profile, folder, len(chunks[0]), code_hint, job_name,
+                                 launcher(snap) if profile.snapshot else None)
+        summary.plan += ["sbatch script of the first array:"] + [f"  | {ln}" for ln in preview.splitlines()]
+        return
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise UserError("Slurm's sbatch/srun are not on PATH here: submit from a Slurm login node, or use "
+                        "--executor local (background processes) or --executor debug (this process)")
+    code, plugins = _code_and_plugins(sweep, profile, jobs_root)
+    ex = _SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout, python=profile.python)
+    ex.launcher = str(launcher(code)) if code else None
+    ex.update_parameters(**profile.slurm_parameters(job_name, _setup_lines(code)))
+    worker = SweepWorker(str(results), sweep.name, plugins, threads=profile.cpus, provenance=_provenance(),
+                         device=device)
+    for chunk in chunks:
+        try:
+            with ex.batch():
+                submitted = [ex.submit(worker, [s.to_json()]) for s in chunk]
+        except (FailedJobError, FailedSubmissionError, OSError) as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            before = f"; arrays submitted before it stay queued ({', '.join(summary.jobs)})" if summary.jobs else ""
+            raise UserError(f"sbatch refused the array for profile {profile.name}: {detail}{before}; fix the "
+                            "profile and rerun: nothing is submitted twice") from None
+        now = time.time()
+        jobs.record_submissions(results, sweep.name, [
+            jobs.Submission(s.run_id, str(j.job_id), "slurm", str(folder), sweep.name, now)
+            for s, j in zip(chunk, submitted)])
+        first = str(submitted[0].job_id)
+        summary.jobs.append(first.split("_")[0] if "_" in first else first)
+
+
+def _wait(sweep: Sweep, results: Path, poll_s: float, say: Callable[[str], None]) -> SweepStatus:
+    last = ""
+    while True:
+        status = sweep_status(sweep, results)
+        line = status.summary_line()
+        if line != last:
+            say(f"sweep {sweep.name}: {line}")
+            last = line
+        if not status.of(*ACTIVE):
+            return status
+        time.sleep(poll_s)
+
+
+# -- collect ---------------------------------------------------------------------------------------
+@dataclass
+class CollectSummary:
+    sweep: str
+    table: Path
+    membership: Path
+    rows: int
+    status: SweepStatus
+
+    def format(self) -> str:
+        return (f"sweep {self.sweep}: {self.rows} of {len(self.status.runs)} runs have rows "
+                f"({self.status.summary_line()})\n  table: {self.table}\n  members: {self.membership}")
+
+
+def collect_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results") -> CollectSummary:
+    """Write the sweep's table of final metrics and its membership list under ``results/sweeps/``."""
+    import pyarrow as pa
+
+    results = Path(results).resolve()
+    store = ResultStore(results)
+    status = sweep_status(sweep, results)
+    ids = sweep.run_ids()
+    runs = store.load_runs()
+    runs = runs[runs["run_id"].isin(ids)]
+    table = final_metrics(runs, store.load_metrics(run_ids=ids)) if len(runs) else runs
+    order = {rid: i for i, rid in enumerate(ids)}
+    table = table.assign(suite=sweep.name, suite_version=sweep.version,
+                         _order=table["run_id"].map(order)).sort_values("_order").drop(columns="_order")
+    path = results / "sweeps" / f"{sweep.name}.parquet"
+    atomic_write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+    membership = _write_membership(sweep, results)
+    return CollectSummary(sweep.name, path, membership, len(table), status)

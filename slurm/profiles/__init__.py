@@ -1,0 +1,1 @@
+"""Executor profiles (`gpu`, `cpu-debug`) that sweep files name under `executor:`."""

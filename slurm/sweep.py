@@ -1,0 +1,429 @@
+"""Sweep files: a YAML grid of tasks x methods x params x seeds that expands to RunSpecs.
+
+A sweep file (the official suites live in ``slurm/suites/``; ``load_sweep("quick")`` finds them by
+name)::
+
+    name: my-sweep                 # letters, digits, . _ - ; every run gets the tag "suite:<name>"
+    version: 1                     # bump when the sweep's meaning changes
+    description: beta sweep of vq on gmm
+    plugins: [my_method.py]        # .py files (relative to this file) or importable modules
+    tasks:
+      - gmm                        # a name, or a glob ("*", "gen-*")
+      - name: "*"                  # every registered task whose metadata matches `where`
+        where: {offline: true, has_budget: quick}   # kind, offline, has_budget, source
+        exclude: [gmm]             # names or globs to drop
+        params: {codebook_size: [256, 1024]}    # a grid: a list is an axis, a scalar a fixed value
+        fixed: {hidden_sizes: [64, 64]}         # values used as they are (for list-valued params)
+        zip: [{n_modes: [8, 64], separation: [1.0, 4.0]}]   # lists that advance together
+        budget: paper              # overrides the sweep's budget for these tasks
+        profile: {cpus: 4}         # changes keys of the sweep's executor profile (or a profile name);
+                                   # runs of each distinct profile go into their own job arrays
+    methods:
+      - "*"                        # every registered method (plugins included), sorted by name
+      - name: vq
+        params: {beta: [0.1, 0.25, 1.0]}
+    seeds: 3                       # a count (0, 1, 2) or a list [0, 7, 42]
+    budget: quick                  # a named budget of each task, or overrides: {steps: 500}
+                                   # (on top of quick, or of {base: paper, steps: 500})
+    executor: cpu-debug            # a profile name from slurm/profiles/, a path, or a mapping
+    tags: [ablation]               # extra tags on every run
+
+Everything is checked on load: an unknown key, a wrong type, an unknown task, method or parameter,
+a bad budget or profile, or a selection that expands to nothing is a one-line :class:`ConfigError`
+naming the file, the line and the key. Expansion goes through :func:`bench.runner.make_spec`
+(defaults, versions) and is deterministic: tasks in file order (globs sorted), then task params,
+methods, method params and seeds; a spec listed twice is kept once.
+
+Tasks that other code registers later (e.g. the image tasks of the ``paper`` suite) are unknown until
+their module exists: ``load_sweep(..., skip_unknown=True)`` (``--skip-unknown`` on the command line)
+drops explicitly named unknown tasks and methods, and selections that match nothing, and lists what
+it dropped in ``Sweep.skipped``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+from bench.registry import METHODS, TASKS, Registry, load_plugin
+from bench.runner import make_spec, task_budget
+from bench.spec import Budget, RunSpec
+from slurm.config import (
+    ConfigError,
+    LocatedList,
+    Where,
+    check_mapping,
+    expect_int,
+    expect_str,
+    expect_str_list,
+    load_yaml,
+    plain,
+    suggest,
+    type_name,
+)
+from slurm.profile import Profile, load_profile
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+TOP_KEYS = ("name", "version", "description", "plugins", "tasks", "methods", "seeds", "budget", "executor", "tags")
+TASK_KEYS = ("name", "where", "exclude", "params", "fixed", "zip", "budget", "profile")
+METHOD_KEYS = ("name", "where", "exclude", "params", "fixed", "zip")
+TASK_FILTERS = ("kind", "offline", "has_budget", "source")
+METHOD_FILTERS = ("family", "source")
+BUDGET_KEYS = tuple(f.name for f in fields(Budget)) + ("base",)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One expanded point: its RunSpec and the executor profile it runs with."""
+
+    spec: RunSpec
+    profile: Profile
+
+
+@dataclass
+class Sweep:
+    """A loaded, validated and expanded sweep file."""
+
+    name: str
+    version: int
+    runs: list[SweepRun]
+    profile: Profile
+    description: str = ""
+    path: Path | None = None
+    plugins: tuple[str, ...] = ()  # absolute .py paths or module names, as loaded
+    tags: tuple[str, ...] = ()
+    skipped: list[str] = field(default_factory=list)  # what skip_unknown dropped, one line each
+
+    @property
+    def suite_tag(self) -> str:
+        return f"suite:{self.name}"
+
+    def specs(self) -> list[RunSpec]:
+        """The expanded RunSpecs, in expansion order (deterministic)."""
+        return [r.spec for r in self.runs]
+
+    def run_ids(self) -> list[str]:
+        return [r.spec.run_id for r in self.runs]
+
+    def groups(self) -> list[tuple[Profile, list[RunSpec]]]:
+        """Runs grouped by resource profile (one job array each), in order of first appearance."""
+        groups: dict[str, tuple[Profile, list[RunSpec]]] = {}
+        for r in self.runs:
+            groups.setdefault(r.profile.key(), (r.profile, []))[1].append(r.spec)
+        return list(groups.values())
+
+    def describe(self) -> str:
+        tasks = sorted({r.spec.task for r in self.runs})
+        methods = sorted({r.spec.method for r in self.runs})
+        seeds = sorted({r.spec.seed for r in self.runs})
+        grid = "" if len(tasks) * len(methods) * len(seeds) == len(self.runs) else " and parameter grids"
+        return (f"sweep {self.name} v{self.version}: {len(self.runs)} runs from {len(tasks)} task(s), "
+                f"{len(methods)} method(s), {len(seeds)} seed(s){grid}")
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def resolve_sweep_path(source: str | Path) -> Path:
+    """A sweep file path, or the name of a shipped suite (``quick`` -> ``slurm/suites/quick.yaml``)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    text = str(source)
+    if NAME_RE.match(text) and not text.endswith((".yaml", ".yml")):
+        suite = SUITES_DIR / f"{text}.yaml"
+        if suite.is_file():
+            return suite
+    suites = list_suites()
+    raise UserError(f"no sweep file {text!r} and no suite of that name{suggest(text, suites)}: pass a path to "
+                    f"a sweep .yaml or one of the suites: {', '.join(suites)}")
+
+
+def load_sweep(source: str | Path, *, skip_unknown: bool = False) -> Sweep:
+    """Load, validate and expand a sweep file (or a suite name such as ``"quick"``)."""
+    path = resolve_sweep_path(source)
+    data = load_yaml(path)
+    return parse_sweep(data, source=str(path), base_dir=path.parent, skip_unknown=skip_unknown, path=path)
+
+
+def parse_sweep(data: Any, *, source: str = "<sweep>", base_dir: Path | None = None, skip_unknown: bool = False,
+                path: Path | None = None) -> Sweep:
+    """Validate and expand a sweep given as data (a dict as in a sweep file)."""
+    return _Expander(data, Where(source), base_dir or Path.cwd(), skip_unknown, path).sweep()
+
+
+# -- expansion -------------------------------------------------------------------------------------
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+@dataclass
+class _Selected:
+    names: list[str]
+    combos: list[dict[str, Any]]
+    where: Where  # of the item (errors about the whole item)
+    params_where: Where  # of its params (errors about a parameter)
+    budget: Any = None
+    budget_where: Where | None = None
+    profile: Profile | None = None
+
+
+class _Expander:
+    def __init__(self, data: Any, where: Where, base_dir: Path, skip_unknown: bool, path: Path | None) -> None:
+        self.data, self.where, self.base_dir = data, where, base_dir
+        self.skip_unknown, self.path = skip_unknown, path
+        self.skipped: list[str] = []
+
+    def sweep(self) -> Sweep:
+        data, where = self.data, self.where
+        if data is None:
+            raise where.error("the sweep file is empty: it needs at least name, tasks and methods")
+        check_mapping(data, where, TOP_KEYS, required=("name", "tasks", "methods"))
+        name = expect_str(data["name"], where.key(data, "name"), "a sweep name")
+        if not NAME_RE.match(name):
+            raise where.key(data, "name").error(f"sweep name {name!r} may use only letters, digits, '.', '_' "
+                                                "and '-' (it names folders and the leaderboard's suite)")
+        version = expect_int(data.get("version", 1), where.key(data, "version"), 1, "a version number")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise where.key(data, "description").error(f"expected a string; got {type_name(description)}")
+        tags = tuple(expect_str_list(data.get("tags", []), where.key(data, "tags")))
+        plugins = self._plugins(data.get("plugins", []), where.key(data, "plugins"))
+        profile = load_profile(data.get("executor", {}), where.key(data, "executor"), self.base_dir)
+        seeds = self._seeds(data.get("seeds", 1), where.key(data, "seeds"))
+        budget_where = where.key(data, "budget")
+        budget = self._budget_value(data.get("budget", "quick"), budget_where)
+        tasks = self._items(data["tasks"], where.key(data, "tasks"), TASKS, TASK_KEYS, TASK_FILTERS,
+                            budget, budget_where, profile)
+        methods = self._items(data["methods"], where.key(data, "methods"), METHODS, METHOD_KEYS, METHOD_FILTERS)
+        if not tasks or not methods:
+            what = "tasks" if not tasks else "methods"
+            raise where.key(data, what).error(f"no {what} to run after dropping unknown names "
+                                              f"({'; '.join(self.skipped)})")
+        all_tags = (f"suite:{name}", *tags)
+        runs: list[SweepRun] = []
+        seen: set[str] = set()
+        for t in tasks:
+            for task in t.names:
+                budget_obj = self._resolve_budget(task, t.budget, t.budget_where)
+                for task_params in t.combos:
+                    for m in methods:
+                        for method in m.names:
+                            for method_params in m.combos:
+                                for seed in seeds:
+                                    try:
+                                        spec = make_spec(task, method, task_params, method_params, seed=seed,
+                                                         budget=budget_obj, tags=all_tags)
+                                    except UserError as exc:
+                                        raise m.where.error(f"{method} on {task}: {exc}") from None
+                                    if spec.run_id not in seen:
+                                        seen.add(spec.run_id)
+                                        runs.append(SweepRun(spec, t.profile or profile))
+        return Sweep(name=name, version=version, runs=runs, profile=profile, description=description,
+                     path=self.path, plugins=plugins, tags=tags, skipped=self.skipped)
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _plugins(self, value: Any, where: Where) -> tuple[str, ...]:
+        loaded = []
+        for i, item in enumerate(expect_str_list(value, where, "a list of .py files or module names")):
+            at = where.item(value, i) if isinstance(value, list) else where
+            if item.endswith(".py") or "/" in item:
+                file = (self.base_dir / item).resolve()
+                if not file.is_file():
+                    raise at.error(f"plugin file {item} not found (looked at {file}; paths are relative to "
+                                   "the sweep file)")
+                target = str(file)
+            else:
+                target = item
+            try:
+                load_plugin(target)
+            except UserError as exc:
+                raise at.error(str(exc)) from None
+            loaded.append(target)
+        return tuple(loaded)
+
+    def _seeds(self, value: Any, where: Where) -> list[int]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise where.error(f"a seed count must be >= 1; got {value}")
+            return list(range(value))
+        if not isinstance(value, list) or not value:
+            raise where.error(f"expected a seed count (e.g. 3) or a non-empty list of seeds; got {type_name(value)}")
+        for i, seed in enumerate(value):
+            expect_int(seed, where.item(value, i), 0, "a seed (integer >= 0)")
+        if len(set(value)) != len(value):
+            raise where.error(f"seeds repeat: {list(value)}")
+        return list(value)
+
+    def _budget_value(self, value: Any, where: Where) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, dict):
+            check_mapping(value, where, BUDGET_KEYS)
+            if "base" in value:
+                expect_str(value["base"], where.key(value, "base"), "the name of a budget (quick, paper)")
+            return plain(value)
+        raise where.error(f"expected a budget name (quick, paper) or a mapping of overrides; got {type_name(value)}")
+
+    def _resolve_budget(self, task: str, value: Any, where: Where) -> Budget:
+        try:
+            if isinstance(value, dict) and "base" in value:
+                overrides = {k: v for k, v in value.items() if k != "base"}
+                try:
+                    return task_budget(task, value["base"]).with_overrides(**overrides)
+                except (TypeError, ValueError) as exc:
+                    raise UserError(f"bad budget for task {task!r}: {exc}") from None
+            return task_budget(task, value)
+        except UserError as exc:
+            raise where.error(str(exc)) from None
+
+    def _items(self, value: Any, where: Where, registry: Registry, keys: tuple[str, ...], filters: tuple[str, ...],
+               budget: Any = None, budget_where: Where | None = None, profile: Profile | None = None
+               ) -> list[_Selected]:
+        kind = registry.kind
+        if isinstance(value, (str, dict)):
+            value = LocatedList([value])
+            value.item_lines = [where.line or 0]
+        if not isinstance(value, list) or not value:
+            raise where.error(f"expected a non-empty list of {kind} names, globs or mappings; got {type_name(value)}")
+        out = []
+        for i, item in enumerate(value):
+            at = where.item(value, i)
+            if isinstance(item, str):
+                item = {"name": item}
+            check_mapping(item, at, keys)
+            selected = self._select(item, at, registry, filters)
+            if not selected:
+                continue
+            params_where = at.key(item, "params") if "params" in item else at
+            combos = _combos(item, at)
+            for name in selected:
+                for combo in combos:
+                    try:
+                        registry.resolve_params(name, combo)
+                    except UserError as exc:
+                        raise params_where.error(str(exc)) from None
+            sel = _Selected(selected, combos, at, params_where)
+            if kind == "task":
+                sel.budget, sel.budget_where = budget, budget_where
+                if "budget" in item:
+                    sel.budget_where = at.key(item, "budget")
+                    sel.budget = self._budget_value(item["budget"], sel.budget_where)
+                # an inline mapping changes keys of the sweep's profile (unless it names its own `profile:`)
+                sel.profile = load_profile(item["profile"], at.key(item, "profile"), self.base_dir,
+                                           base=profile) if "profile" in item else profile
+            out.append(sel)
+        return out
+
+    def _select(self, item: dict, where: Where, registry: Registry, filters: tuple[str, ...]) -> list[str]:
+        kind = registry.kind
+        # a bare string item ("vq") reports at the item; a mapping's name at its own line
+        name_where = where.key(item, "name") if "name" in getattr(item, "key_lines", {}) else where
+        pattern = expect_str(item.get("name", "*"), name_where, f"a {kind} name or glob")
+        if _is_glob(pattern):
+            names = registry.list(pattern)
+        else:
+            try:
+                registry.get(pattern)
+            except UserError as exc:
+                if self.skip_unknown:
+                    self.skipped.append(f"{where.path} (line {where.line}): {exc}")
+                    return []
+                hint = " (if it comes from a plugin, list it under plugins:)"
+                raise name_where.error(f"{exc}{hint}") from None
+            names = [pattern]
+        if "where" in item:
+            cond = check_mapping(item["where"], where.key(item, "where"), filters)
+            for key, wanted in cond.items():
+                allowed = wanted if isinstance(wanted, list) else [wanted]
+                names = [n for n in names if _matches(registry, n, key, allowed)]
+        if "exclude" in item:
+            drop = expect_str_list(item["exclude"], where.key(item, "exclude"), "a list of names or globs")
+            names = [n for n in names if not any(fnmatch.fnmatchcase(n, d) for d in drop)]
+        if not names:
+            registered = registry.list()
+            message = (f"selects no registered {kind} (pattern {pattern!r}"
+                       f"{', where ' + str(plain(item['where'])) if 'where' in item else ''}"
+                       f"{', exclude ' + str(plain(item['exclude'])) if 'exclude' in item else ''}; "
+                       f"registered {kind}s: {', '.join(registered) or 'none'})")
+            if self.skip_unknown:
+                self.skipped.append(f"{where.path} (line {where.line}): {message}")
+                return []
+            raise where.error(message)
+        return names
+
+
+def _matches(registry: Registry, name: str, key: str, allowed: list[Any]) -> bool:
+    entry = registry.get(name)
+    if key == "has_budget":
+        return any(b in (entry.budgets or {}) for b in allowed)
+    return getattr(entry, key) in allowed
+
+
+def _combos(item: dict, where: Where) -> list[dict[str, Any]]:
+    """The parameter combinations of one item: product of ``params`` axes and ``zip`` groups, plus ``fixed``."""
+    axes: list[list[dict[str, Any]]] = []
+    owner: dict[str, str] = {}
+
+    def claim(key: str, section: str, at: Where) -> None:
+        if key in owner:
+            raise at.error(f"parameter {key!r} is set in both {owner[key]} and {section}: set it once")
+        owner[key] = section
+
+    params = item.get("params", {})
+    p_at = where.key(item, "params")
+    if not isinstance(params, dict):
+        raise p_at.error(f"expected a mapping of parameter -> value or list of values; got {type_name(params)}")
+    for key, values in params.items():
+        claim(key, "params", p_at.key(params, key))
+        if isinstance(values, list):
+            if not values:
+                raise p_at.key(params, key).error("an empty list of values expands to nothing")
+            axes.append([{key: plain(v)} for v in values])
+        else:
+            axes.append([{key: plain(values)}])
+    fixed = item.get("fixed", {})
+    f_at = where.key(item, "fixed")
+    if not isinstance(fixed, dict):
+        raise f_at.error(f"expected a mapping of parameter -> value; got {type_name(fixed)}")
+    for key in fixed:
+        claim(key, "fixed", f_at.key(fixed, key))
+    groups = item.get("zip", [])
+    z_at = where.key(item, "zip")
+    if isinstance(groups, dict):
+        groups = [groups]
+    if not isinstance(groups, list):
+        raise z_at.error(f"expected a list of mappings of parameter -> list (zipped together); got {type_name(groups)}")
+    for gi, group in enumerate(groups):
+        g_at = z_at.item(groups, gi) if isinstance(item.get("zip"), list) else z_at
+        if not isinstance(group, dict) or not group:
+            raise g_at.error(f"expected a mapping of parameter -> list of values; got {type_name(group)}")
+        lengths = {}
+        for key, values in group.items():
+            claim(key, "zip", g_at.key(group, key))
+            if not isinstance(values, list) or not values:
+                raise g_at.key(group, key).error(f"zip needs a non-empty list of values; got {type_name(values)}")
+            lengths[key] = len(values)
+        if len(set(lengths.values())) > 1:
+            raise g_at.error(f"zipped lists must have the same length; got {lengths}")
+        n = next(iter(lengths.values()))
+        axes.append([{key: plain(values[j]) for key, values in group.items()} for j in range(n)])
+    combos = []
+    for parts in itertools.product(*axes):
+        combo: dict[str, Any] = {}
+        for part in parts:
+            combo.update(part)
+        combo.update(plain(fixed))
+        combos.append(combo)
+    return combos or [dict(plain(fixed))]
+
+
+__all__ = ["ConfigError", "Sweep", "SweepRun", "list_suites", "load_sweep", "parse_sweep", "resolve_sweep_path"]

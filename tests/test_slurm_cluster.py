@@ -1,0 +1,316 @@
+"""Sweeps against a real single-node Slurm (slurm-wlm + munge, and slurmdbd + MariaDB for accounting).
+
+Needs root and the packages: ``bash slurm/testcluster.sh install``. The tests start the cluster
+themselves through ``slurm/testcluster.sh`` (first without accounting, then with it) and stop every
+daemon at the end. Run them with ``pytest -m slow tests/test_slurm_cluster.py``.
+
+Covered: a job array split below MaxArraySize (the test cluster's is 5) with a file plugin shipped to
+the jobs; a job cancelled with scancel shows as failed (from the job log without accounting, from sacct
+with it) and a rerun resumes it from its checkpoint; a job interrupted by the checkpoint signal is
+requeued and ends with exactly the metrics of an uninterrupted run; a driver killed mid-sweep, then
+rerun, submits nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.registry import METHODS
+from bench.store import ResultStore, final_metrics
+from slurm import jobs
+from slurm.launch import run_sweep, sweep_status
+from slurm.sweep import load_sweep
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parent.parent / "slurm" / "testcluster.sh"
+STATE_DIR = os.environ.get("VQBENCH_SLURM_DIR", "/tmp/vqbench-slurm")
+GMM = "{n_train: 1024, n_eval: 256, hidden: 32, n_modes: 8, codebook_size: 32}"
+LONG = "{steps: 3000, batch_size: 64, eval_interval: 1000, checkpoint_interval: 50}"
+# submitit ignores SIGTERM: a cancelled job runs on for KillWait (5 s) before SIGKILL, so a run to cancel
+# must be long enough not to finish in that grace
+CANCEL = "{steps: 12000, batch_size: 64, eval_interval: 4000, checkpoint_interval: 100}"
+SHORT = "{steps: 60, batch_size: 64, eval_interval: 30}"
+EXECUTOR = "{cluster: slurm, cpus: 1, mem: 1G, time: 10, signal_delay_s: 30, array_parallelism: 2}"
+
+
+class Cluster:
+    """The test cluster, (re)started in the mode a test asks for."""
+
+    def __init__(self) -> None:
+        self.accounting: bool | None = None
+        self.timings: dict[str, float] = {}
+
+    def use(self, accounting: bool) -> None:
+        if self.accounting == accounting:
+            return
+        t0 = time.perf_counter()
+        proc = subprocess.run(["bash", str(SCRIPT), "start", "--accounting" if accounting else "--no-accounting"],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"starting the test cluster failed:\n{proc.stdout}\n{proc.stderr}")
+        self.timings[f"start ({'with' if accounting else 'without'} accounting)"] = time.perf_counter() - t0
+        self.accounting = accounting
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0 or shutil.which("slurmctld") is None or shutil.which("mariadbd") is None:
+        pytest.fail("these tests need root and Slurm: run `bash slurm/testcluster.sh install` first")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        t0 = time.perf_counter()
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
+        c.timings["stop"] = time.perf_counter() - t0
+        print("\ntest cluster timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in c.timings.items()))
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        leftover = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True).stdout
+        assert "running" not in leftover, leftover
+
+
+def sweep_file(tmp_path: Path, name: str, methods: str, budget: str, executor: str = EXECUTOR,
+               extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        tasks:
+          - name: gmm
+            params: {GMM}
+        methods: {methods}
+        seeds: 1
+        budget: {budget}
+        executor: {executor}
+        """) + extra)
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5, show=None):
+    """Poll ``predicate`` until it returns something true; on timeout say what ``show()`` says."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {show()}" if show else ""))
+
+
+def starts(results: Path) -> dict[str, list[dict]]:
+    return {rid: [e for e in events if e["event"] == "start"] for rid, events in jobs.load_attempts(results).items()}
+
+
+def squeue() -> dict[str, str]:
+    return jobs.squeue_states()
+
+
+def finish(sweep, results: Path, timeout: float = 400):
+    return wait_for(lambda: (lambda s: s if not s.of("running", "pending", "unknown") else None)(
+        sweep_status(sweep, results)), timeout, f"sweep {sweep.name} to finish", poll=1,
+        show=lambda: sweep_status(sweep, results).format())
+
+
+PLUGIN = '''
+"""A file plugin shipped to Slurm jobs: nearest code with a straight-through estimator."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import register_method
+from methods.base import QuantizeOutput, Quantizer, nearest_code
+
+
+@register_method("{name}", version=1, family="plugin-test", description="file plugin for the Slurm tests")
+class SlurmPluginQuantizer(Quantizer):
+    def __init__(self, dim, codebook_size, beta=0.25):
+        super().__init__()
+        self.dim, self.codebook_size, self.beta = dim, codebook_size, beta
+        self.embed = nn.Parameter(torch.randn(codebook_size, dim))
+
+    def forward(self, z):
+        idx = nearest_code(z.reshape(-1, self.dim), self.embed).reshape(z.shape[:-1])
+        e = self.embed[idx]
+        loss = F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
+        return QuantizeOutput(z + (e - z).detach(), idx, loss)
+
+    def codebook(self):
+        return self.embed.detach()
+
+    def decode_indices(self, indices):
+        return self.embed[indices]
+'''
+
+
+# -- without accounting -----------------------------------------------------------------------------
+def test_job_array_split_below_max_array_size_with_a_file_plugin(cluster, tmp_path):
+    cluster.use(accounting=False)
+    assert jobs.max_array_size() == 5
+    name = f"slurm-plug-{os.getpid()}"
+    (tmp_path / "plug.py").write_text(PLUGIN.format(name=name))
+    path = sweep_file(tmp_path, "array", f"[{{name: {name}, params: {{beta: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}}}]",
+                      SHORT, extra="plugins: [plug.py]\n")
+    results = tmp_path / "results"
+    try:
+        sweep = load_sweep(path)
+        t0 = time.perf_counter()
+        summary = run_sweep(sweep, results, log=None)
+        assert summary.submitted == 6 and len(summary.jobs) == 2  # 5 + 1: arrays stay below MaxArraySize
+        status = finish(sweep, results)
+        cluster.timings["array of 6 runs (%2)"] = time.perf_counter() - t0
+    finally:
+        METHODS.remove(name)
+    assert status.counts["done"] == 6, status.format()
+    runs = ResultStore(results).load_runs()
+    first, second = summary.jobs
+    assert sorted(runs["slurm_job_id"]) == sorted([f"{first}_{k}" for k in range(5)] + [second])
+    assert all(src.startswith("file:") for src in runs["method_source"])
+    logs = jobs.jobs_dir(results, "array") / "logs"
+    script = (logs / first / f"{first}_submission.sh").read_text()
+    assert "#SBATCH --array=0-4%2" in script and "#SBATCH --mem=1G" in script
+    assert "_launch/vqbench_submit.py" in script
+    assert all(Path(a[0]["code"]).parent == jobs.jobs_dir(results, "array") / "code"
+               for a in starts(results).values())
+    again = run_sweep(sweep, results, log=None)
+    assert (again.submitted, again.complete) == (0, 6)
+
+
+def _start_long(cluster, tmp_path: Path, name: str, budget: str = LONG) -> tuple:
+    path = sweep_file(tmp_path, name, "[vq]", budget)
+    sweep = load_sweep(path)
+    (spec,) = sweep.specs()
+    results = tmp_path / "results"
+    summary = run_sweep(sweep, results, log=None)
+    (job_id,) = summary.jobs
+    ckpt = ResultStore(results).checkpoint_path(spec.run_id)
+    wait_for(ckpt.exists, 240, "a first checkpoint")
+    return sweep, spec, results, job_id
+
+
+def _cancel_and_check(cluster, tmp_path: Path, name: str, expect: tuple[str, ...]) -> None:
+    sweep, spec, results, job_id = _start_long(cluster, tmp_path, name, CANCEL)
+    subprocess.run(["scancel", job_id], check=True)
+    t0 = time.perf_counter()
+    status = wait_for(lambda: (lambda s: s if s.of("failed") else None)(sweep_status(sweep, results)), 60,
+                      "the cancelled job to show as failed", poll=0.2,
+                      show=lambda: sweep_status(sweep, results).format())
+    cluster.timings[f"cancelled job seen as failed ({name})"] = time.perf_counter() - t0
+    assert status.of("failed")[0].job_id == job_id
+    # the reason: the job log's "CANCELLED" line, or sacct's state once accounting has the record
+    status = wait_for(lambda: (lambda s: s if all(e in s.of("failed")[0].error for e in expect) else None)(
+        sweep_status(sweep, results)), 30, f"the failure reason to say {expect}", poll=0.2,
+        show=lambda: sweep_status(sweep, results).format())
+    cluster.timings[f"cancelled job's reason complete ({name})"] = time.perf_counter() - t0
+    assert ResultStore(results).run_status(spec.run_id) is None
+    # rerunning submits it again and it resumes from its checkpoint
+    again = run_sweep(sweep, results, log=None)
+    assert again.submitted == 1
+    assert finish(sweep, results).counts["done"] == 1
+    attempts = starts(results)[spec.run_id]
+    assert len(attempts) == 2 and attempts[1]["resumed"] is True
+
+
+def test_cancelled_job_is_failed_without_accounting_and_rerun_resumes(cluster, tmp_path):
+    cluster.use(accounting=False)
+    assert jobs.sacct_states(["1"]) is None  # sacct exits 1: accounting storage is disabled
+    _cancel_and_check(cluster, tmp_path, "cancel-noacct", ("ended without writing a result", "CANCELLED AT"))
+
+
+def test_checkpoint_signal_requeues_and_resumes_to_identical_metrics(cluster, tmp_path):
+    cluster.use(accounting=False)
+    # the same run twice, in two results folders: one left alone, one interrupted by the checkpoint signal
+    reference = load_sweep(sweep_file(tmp_path, "reference", "[vq]", LONG))
+    ref_results = tmp_path / "reference-results"
+    run_sweep(reference, ref_results, log=None)
+    sweep, spec, results, job_id = _start_long(cluster, tmp_path, "requeue")
+    assert reference.specs()[0].run_id == spec.run_id
+    t0 = time.perf_counter()
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # Slurm's timeout/preemption notice
+    status = finish(sweep, results)
+    cluster.timings["requeued run: signal to done"] = time.perf_counter() - t0
+    assert status.counts["done"] == 1
+    finish(reference, ref_results)
+    attempts = starts(results)[spec.run_id]
+    assert len(attempts) == 2 and attempts[1]["resumed"] is True
+    assert {a["job_id"] for a in attempts} == {job_id}  # requeued: the same job id
+    log = (jobs.jobs_dir(results, "requeue") / "logs" / job_id / f"{job_id}_0_log.out").read_text()
+    assert "Requeued job" in log and f"resuming run {spec.run_id}" in log
+
+    def final(root: Path) -> dict[str, float]:
+        store = ResultStore(root)
+        table = final_metrics(store.load_runs(), store.load_metrics())
+        return {c: float(table[c].iloc[0]) for c in table.columns if c.startswith("metric.")}
+
+    assert final(results) == final(ref_results) and final(results)
+    row = ResultStore(results).load_runs().iloc[0]
+    assert row["slurm_job_id"] == job_id and row["status"] == "ok"
+
+
+def test_driver_killed_mid_sweep_then_rerun_submits_nothing_twice(cluster, tmp_path):
+    cluster.use(accounting=False)
+    path = sweep_file(tmp_path, "killed", "[{name: vq, params: {beta: [0.1, 0.2, 0.3, 0.4]}}]",
+                      "{steps: 400, batch_size: 64, eval_interval: 200}",
+                      executor=EXECUTOR.replace("array_parallelism: 2", "array_parallelism: 1"))
+    results = tmp_path / "results"
+    sweep = load_sweep(path)
+    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", "run", str(path), "--results",
+                               str(results), "--executor", "slurm", "--wait", "--poll", "0.5"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sweep_status(sweep, results).counts["done"] >= 1, 300, "a first finished run", poll=1)
+    finally:
+        driver.kill()
+        driver.wait()
+    before = sweep_status(sweep, results)
+    assert before.counts["done"] < 4 and before.counts["pending"] + before.counts["running"] >= 1
+    summary = run_sweep(sweep, results, log=None)
+    assert summary.submitted == 0 and summary.complete + summary.in_flight == 4
+    assert finish(sweep, results).counts["done"] == 4
+    assert {rid: len(s) for rid, s in starts(results).items()} == {rid: 1 for rid in sweep.run_ids()}
+    assert len(jobs.latest_submissions(results)) == 4
+    assert run_sweep(sweep, results, log=None).submitted == 0
+
+
+# -- with accounting --------------------------------------------------------------------------------
+def test_cancelled_job_is_failed_with_accounting_and_rerun_resumes(cluster, tmp_path):
+    cluster.use(accounting=True)
+    _cancel_and_check(cluster, tmp_path, "cancel-acct", ("ended CANCELLED (exit",))
+
+
+def test_cancelled_array_with_accounting_pending_and_running_tasks(cluster, tmp_path):
+    cluster.use(accounting=True)
+    path = sweep_file(tmp_path, "cancel-array", "[{name: vq, params: {beta: [0.1, 0.2]}}]", CANCEL,
+                      executor=EXECUTOR.replace("array_parallelism: 2", "array_parallelism: 1"))
+    sweep = load_sweep(path)
+    results = tmp_path / "results"
+    summary = run_sweep(sweep, results, log=None)
+    (array_id,) = summary.jobs
+    wait_for(lambda: sweep_status(sweep, results).counts["running"] == 1, 240, "the first task to run")
+    assert sweep_status(sweep, results).counts["pending"] == 1  # %1: the second waits
+    subprocess.run(["scancel", array_id], check=True)
+    t0 = time.perf_counter()
+    status = wait_for(lambda: (lambda s: s if s.counts["failed"] == 2 else None)(sweep_status(sweep, results)),
+                      60, "both tasks to show as failed", poll=0.5)
+    cluster.timings["cancelled array seen as failed"] = time.perf_counter() - t0
+    assert all(r.job_id.startswith(f"{array_id}_") for r in status.of("failed"))
+    # accounting may take a moment to record a job (the first after slurmctld starts, especially)
+    status = wait_for(lambda: (lambda s: s if all("ended CANCELLED" in r.error for r in s.of("failed")) else None)(
+        sweep_status(sweep, results)), 30, "sacct's CANCELLED for both tasks", poll=0.5,
+        show=lambda: sweep_status(sweep, results).format())
+    cluster.timings["cancelled array's sacct states"] = time.perf_counter() - t0
+    accounted = jobs.sacct_states([array_id])
+    assert accounted is not None and {accounted[r.job_id][0] for r in status.of("failed")} == {"CANCELLED"}
+    assert run_sweep(sweep, results, log=None).submitted == 2  # both are submitted again

@@ -1,0 +1,120 @@
+"""The local executor under interruption (slow: background processes that import torch).
+
+- a run interrupted by the checkpoint signal (USR2, what Slurm sends before a time limit or on
+  preemption) is requeued by submitit, resumes from its checkpoint and ends with exactly the metrics
+  of an uninterrupted run;
+- a driver killed mid-sweep loses nothing, and rerunning it submits nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.runner import run
+from bench.store import ResultStore, final_metrics
+from slurm import jobs
+from slurm.launch import run_sweep, sweep_status
+from slurm.sweep import load_sweep
+
+pytestmark = pytest.mark.slow
+
+GMM = "{n_train: 1024, n_eval: 256, hidden: 32, n_modes: 8, codebook_size: 32}"
+
+
+def sweep_file(tmp_path: Path, name: str, methods: str, budget: str, executor: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        tasks:
+          - name: gmm
+            params: {GMM}
+        methods: {methods}
+        seeds: 1
+        budget: {budget}
+        executor: {executor}
+        """))
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5, show=None):
+    """Poll ``predicate`` until it returns something true; on timeout say what ``show()`` says."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {show()}" if show else ""))
+
+
+def starts(results: Path) -> dict[str, list[dict]]:
+    return {rid: [e for e in events if e["event"] == "start"] for rid, events in jobs.load_attempts(results).items()}
+
+
+def final(results: Path) -> dict[str, float]:
+    store = ResultStore(results)
+    table = final_metrics(store.load_runs(), store.load_metrics())
+    cols = sorted(c for c in table.columns if c.startswith("metric."))
+    assert len(table) == 1 and cols
+    return {c: float(table[c].iloc[0]) for c in cols}
+
+
+def test_local_checkpoint_signal_requeues_and_resumes_to_identical_metrics(tmp_path):
+    path = sweep_file(tmp_path, "requeue", "[vq]", "{steps: 3000, batch_size: 64, eval_interval: 1000, "
+                      "checkpoint_interval: 100}", "{cluster: local, array_parallelism: 1, time: 20}")
+    sweep = load_sweep(path)
+    (spec,) = sweep.specs()
+    results = tmp_path / "results"
+    summary = run_sweep(sweep, results, log=None)
+    assert summary.submitted == 1
+    ckpt = ResultStore(results).checkpoint_path(spec.run_id)
+    first = wait_for(lambda: starts(results).get(spec.run_id), 180, "the run to start")[0]
+    wait_for(ckpt.exists, 180, "a first checkpoint")
+    os.kill(first["pid"], signal.SIGUSR2)  # what Slurm sends signal_delay_s before the time limit
+    status = wait_for(lambda: (lambda s: s if s.counts["done"] == 1 else None)(sweep_status(sweep, results)),
+                      300, "the requeued run to finish")
+    attempts = starts(results)[spec.run_id]
+    assert len(attempts) == 2 and attempts[1]["resumed"] is True and attempts[0]["pid"] != attempts[1]["pid"]
+    assert status.runs[0].state == "done"
+    # the same spec, never interrupted, in this process with the job's thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
+    finally:
+        torch.set_num_threads(threads)
+    assert final(results) == final(tmp_path / "reference")
+
+
+def test_local_driver_killed_mid_sweep_then_rerun_does_nothing_twice(tmp_path):
+    path = sweep_file(tmp_path, "killed", "[{name: vq, params: {beta: [0.1, 0.2, 0.3, 0.4]}}]",
+                      "{steps: 1500, batch_size: 64, eval_interval: 500}",
+                      "{cluster: local, array_parallelism: 1, time: 20}")
+    results = tmp_path / "results"
+    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", "run", str(path), "--results",
+                               str(results), "--wait", "--poll", "0.5"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        sweep = load_sweep(path)
+        wait_for(lambda: sweep_status(sweep, results).counts["done"] >= 1, 300, "a first finished run")
+    finally:
+        driver.kill()
+        driver.wait()
+    status = sweep_status(sweep, results)
+    assert status.counts["done"] < 4, "the runs finished before the driver was killed: make them longer"
+    summary = run_sweep(sweep, results, wait=True, poll_s=0.5, log=None)
+    assert summary.submitted == 0 and summary.complete + summary.in_flight == 4
+    assert summary.status is not None and summary.status.counts["done"] == 4
+    assert {rid: len(s) for rid, s in starts(results).items()} == {rid: 1 for rid in sweep.run_ids()}
+    assert len(jobs.latest_submissions(results)) == 4
+    again = run_sweep(sweep, results, log=None)
+    assert (again.submitted, again.complete) == (0, 4)
