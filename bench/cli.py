@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("perf", parents=[common],
+                       help="speed and memory of the quantizers vs vector-quantize-pytorch and torch.mm")
+    from bench.perf import add_perf_arguments, cmd_perf
+
+    add_perf_arguments(p)
+    p.set_defaults(func=cmd_perf)
+
     for module_name in AREA_CLIS:
         try:
             module = importlib.import_module(module_name)

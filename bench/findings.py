@@ -80,7 +80,10 @@ def finding_table(results: str | os.PathLike[str], finding: Finding, suite: str 
     store = ResultStore(results)
     runs = store.load_runs()
     tag = f"suite:{suite or finding.name}"
-    runs = runs[runs["tags"].map(lambda tags: tag in list(tags)) & (runs["status"] == "ok")]
+    members = store.sweep_members()
+    suite_name = tag[len("suite:"):]
+    in_suite = [tag in list(tags) or suite_name in members.get(rid, ()) for tags, rid in zip(runs["tags"], runs["run_id"])]
+    runs = runs[pd.Series(in_suite, index=runs.index, dtype=bool) & (runs["status"] == "ok")]
     if runs.empty:
         raise UserError(f"no finished runs tagged {tag} in {results}: run `vqbench reproduce {finding.name}` first")
     table = final_metrics(runs, store.load_metrics(run_ids=runs["run_id"]))

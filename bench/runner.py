@@ -94,6 +94,9 @@ def make_spec(task: str, method: str, task_params: dict[str, Any] | None = None,
 # -- provenance ------------------------------------------------------------------------------------
 def git_provenance() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout vqbench runs from, or (None, None) outside a git checkout."""
+    env_commit = os.environ.get("VQBENCH_GIT_COMMIT")
+    if env_commit:  # a job started from a code snapshot (slurm/snapshot.py): the driver's checkout
+        return env_commit, os.environ.get("VQBENCH_GIT_DIRTY") == "1"
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,

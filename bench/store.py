@@ -97,7 +97,7 @@ PERF_SCHEMA = pa.schema([
     ("codebook_size", pa.int64()),
     ("dim", pa.int64()),
     ("n", pa.int64()),
-    ("measure", pa.string()),  # forward_backward | nearest_code_search | matmul
+    ("measure", pa.string()),  # forward_backward | nearest_code_search | matmul | train_step
     ("time_ms", pa.float64()),  # median over repeats
     ("peak_memory_mb", pa.float64()),
     ("gflops", pa.float64()),  # achieved rate where the op has a FLOP count
@@ -238,6 +238,24 @@ class ResultStore:
         if not tables:
             return schema.empty_table().to_pandas()
         return pa.concat_tables(tables).to_pandas()
+
+    def sweep_members(self) -> dict[str, set[str]]:
+        """run_id -> names of the sweeps (suites) it belongs to, from ``sweeps/<name>.json``.
+
+        A run already complete when a second sweep lists it keeps the tags of the sweep that ran it; the
+        membership files written by every ``sweep run`` say which suites it belongs to as well.
+        """
+        members: dict[str, set[str]] = {}
+        for path in sorted((self.root / "sweeps").glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                name, run_ids = str(data["name"]), list(data["run_ids"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                warnings.warn(f"skipping damaged sweep membership file {path}: {exc}", stacklevel=2)
+                continue
+            for run_id in run_ids:
+                members.setdefault(str(run_id), set()).add(name)
+        return members
 
     def load_runs(self) -> pd.DataFrame:
         """One row per run (the ``runs`` table); ``spec`` holds the full RunSpec JSON."""

@@ -176,7 +176,9 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
     store = ResultStore(results)
     runs = read_tables(store_files(store, "runs"), "runs")
     runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
-    runs["suites"] = [suites_of(t) for t in runs["tags"]]
+    members = store.sweep_members()  # a run complete before a second sweep listed it belongs to both
+    runs["suites"] = [sorted(set(suites_of(t)) - {ADHOC} | members.get(rid, set())) or [ADHOC]
+                      for t, rid in zip(runs["tags"], runs["run_id"])]
     all_suites = sorted({s for ss in runs["suites"] for s in ss}, key=lambda s: (s == ADHOC, s))  # adhoc last
     if suite is not None:
         if suite not in all_suites:

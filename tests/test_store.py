@@ -76,3 +76,22 @@ def test_empty_store_has_canonical_columns(tmp_path):
     store = ResultStore(tmp_path)
     assert "status" in store.load_runs().columns
     assert list(store.load_metrics().columns) == ["run_id", "split", "step", "metric", "value"]
+
+
+def test_sweep_membership_adds_suites(tmp_path):
+    import json as _json
+
+    store = ResultStore(tmp_path)
+    store.write_run(record("r1"))
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "b.json").write_text(_json.dumps({"name": "b", "run_ids": ["r1", "r9"]}))
+    (tmp_path / "sweeps" / "broken.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="broken.json"):
+        members = store.sweep_members()
+    assert members == {"r1": {"b"}, "r9": {"b"}}
+    from leaderboard.data import load
+
+    with pytest.warns(UserWarning, match="broken.json"):
+        data = load(tmp_path)
+    runs = data.runs if hasattr(data, "runs") else data
+    assert sorted(runs.loc[runs.run_id == "r1", "suites"].iloc[0]) == ["b", "x"]  # tag suite:x + membership b

@@ -1,0 +1,710 @@
+"""``vqbench perf``: speed and memory of the quantizers, next to vector-quantize-pytorch and ``torch.mm``.
+
+Three measures, one row each per cell (``bench.store.PERF_SCHEMA``, one Parquet file per invocation):
+
+* ``forward_backward``: one training-mode forward of a quantizer on ``N`` random vectors ``z`` (N, dim) plus the
+  backward of ``loss + sum(z_q * g)`` (``g`` a fixed random upstream gradient), for vqbench's registered method
+  and, in the same process on the same inputs, vector-quantize-pytorch's equivalent (:func:`vqp_equivalent`).
+  ``time_ms`` is the median over ``repeats`` timed calls after ``warmup`` untimed ones (the first call is in the
+  note when it is a one-off cost such as k-means initialisation). The vqbench row's note carries the ratio
+  ``time(vqbench) / time(vector-quantize-pytorch)`` and the same for memory (below 1: vqbench is better).
+* ``nearest_code_search``: :func:`methods.base.nearest_code` on (N, dim) x (K, dim); ``gflops`` is the achieved
+  rate of its ``2 N K dim`` multiply-adds.
+* ``matmul``: ``torch.mm`` on the same shapes (row blocks whose output is at most 1 GiB, so K = 2^20 fits): the
+  practical limit of the search. The search row's note says which fraction of that rate it achieves.
+
+Peak memory (``peak_memory_mb``) is everything the cell holds at its peak: inputs, module, activations, gradients.
+On CUDA it is ``torch.cuda.max_memory_allocated`` above what was allocated before the cell. On CPU each cell runs
+in a fresh subprocess (isolation also protects the machine) and the peak is the process's peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after the imports) minus its resident set before the cell
+built anything: allocations torch makes outside Python (which ``tracemalloc`` cannot see) are counted.
+
+Cells that cannot fit are not attempted: :func:`predict_bytes` estimates a cell's peak (e.g. the N x K one-hot
+and distance matrices of vector-quantize-pytorch: 64 GiB each for N = 16384, K = 2^20) and a cell above the memory
+cap (default 20 GiB) gets an ``out_of_memory`` row saying so. As a second guard, a CPU subprocess runs under an
+address-space limit of cap + slack, so a wrong estimate ends as an ``out_of_memory`` row, not a swapping machine.
+A method that is not registered (or has no vector-quantize-pytorch equivalent) gets an ``unsupported`` row; any
+other failure an ``error`` row with the message; nothing stops the table.
+
+This module imports only the standard library at import time (the CLI builds its parser cheaply; the tables
+need only pandas); torch, the methods and vector-quantize-pytorch are imported where a cell is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+MAIN_METHODS = ("vq", "vq-ema", "vq-kmeans", "vq-rotation", "simvq", "fsq", "lfq", "bsq")
+SIZES = (1024, 65536, 262144, 1048576)
+DIMS = (8, 32, 256)
+N_VECTORS = 16384
+DEFAULT_MEMORY_CAP_GIB = 20.0
+DEFAULT_REPEATS = 5
+DEFAULT_CELL_TIMEOUT_S = 900.0
+MATMUL_BLOCK_BYTES = 2**30  # the torch.mm reference works in row blocks whose output is at most this
+VQP = "vector-quantize-pytorch"
+GIB = 2**30
+_RESULT_TAG = "VQBENCH_PERF_RESULT "
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: an implementation of one method at one (K, dim, N)."""
+
+    implementation: str  # "vqbench" | "vector-quantize-pytorch" | "torch.mm"
+    method: str  # registered method name; "nearest_code" / "matmul" for the search cells
+    codebook_size: int  # the requested K (the row records the quantizer's true K)
+    dim: int
+    n: int
+    measure: str  # forward_backward | nearest_code_search | matmul
+    repeats: int = DEFAULT_REPEATS
+    warmup: int = 1
+
+
+class Unsupported(Exception):
+    """The cell cannot be measured by construction (no such method, no equivalent, bad size)."""
+
+
+# -- sizes and parameters ------------------------------------------------------------------------------------------
+def fsq_levels(codebook_size: int) -> list[int] | None:
+    """Levels of 8 and 4 whose product is exactly ``codebook_size`` = 2^b (b >= 4), else None.
+
+    ``b = 3a + 2c`` with ``c`` in {0, 1, 2}: ``[8] * a + [4] * c``; e.g. 2^10 -> [8, 8, 4, 4], 2^20 -> [8] * 6 + [4].
+    Both implementations get these levels (vector-quantize-pytorch needs levels > 2).
+    """
+    if codebook_size < 16 or codebook_size & (codebook_size - 1):
+        return None
+    bits = codebook_size.bit_length() - 1
+    for fours in range(3):
+        if (bits - 2 * fours) % 3 == 0 and bits - 2 * fours >= 0:
+            return [8] * ((bits - 2 * fours) // 3) + [4] * fours
+    return None  # pragma: no cover - every b >= 4 has a solution
+
+
+def cell_params(method: str, codebook_size: int) -> tuple[dict[str, Any], int]:
+    """vqbench method parameter overrides for a requested K, and the K the quantizer will really have."""
+    if method == "fsq":
+        levels = fsq_levels(codebook_size)
+        if levels is not None:
+            return {"levels": levels}, codebook_size
+        from methods.fsq import recommended_levels
+
+        return {}, math.prod(recommended_levels(codebook_size))
+    if method in ("lfq", "bsq"):
+        return {}, 2 ** int(math.floor(math.log2(max(codebook_size, 2)) + 1e-9))
+    return {}, codebook_size
+
+
+def matmul_block_rows(n: int, k: int) -> int:
+    return max(1, min(n, MATMUL_BLOCK_BYTES // (4 * max(k, 1))))
+
+
+# -- memory prediction ---------------------------------------------------------------------------------------------
+#: N x K float32 matrices alive at the peak of vector-quantize-pytorch 1.32's training forward+backward, measured
+#: on CPU (N=2048, K=16384, dim=8: 6.0 for VectorQuantize, 7.1 with k-means init, 7.0 for LFQ, 1.0 for SimVQ) plus
+#: a margin: VectorQuantize holds the cdist intermediates, the int64 one-hot (two floats' worth) and its float copy.
+VQP_NK_FACTORS = {"vq": 6.5, "vq-rotation": 6.5, "vq-ema": 6.5, "vq-kmeans": 7.5, "simvq": 1.5, "lfq": 7.5,
+                  "bsq": 7.5, "fsq": 0.0}
+
+
+def _search_chunk_bytes() -> int:
+    from methods.base import SEARCH_CHUNK_ELEMENTS
+
+    return 4 * SEARCH_CHUNK_ELEMENTS
+
+
+def predict_bytes(cell: Cell) -> int:
+    """A generous estimate of a cell's peak memory (bytes), used to refuse cells above the cap without trying."""
+    _, k = cell_params(cell.method, cell.codebook_size) if cell.measure == "forward_backward" else ({},
+                                                                                                 cell.codebook_size)
+    n, d = cell.n, cell.dim
+    nd, kd, nk = 4 * n * d, 4 * k * d, 4 * n * k
+    chunk = _search_chunk_bytes()
+    if cell.measure == "nearest_code_search":
+        return nd + kd + 2 * chunk + 8 * n + 4 * k
+    if cell.measure == "matmul":
+        return nd + kd + 4 * matmul_block_rows(n, k) * k
+    bits = max(1, int(math.log2(max(k, 2))))
+    if cell.implementation == "vqbench":
+        if cell.method == "fsq":
+            return 32 * 4 * n * max(d, 8)
+        if cell.method in ("lfq", "bsq"):
+            return 32 * 4 * n * max(d, bits) + 8 * chunk + 8 * 4 * k * bits
+        # measured: 2 (vq, vq-rotation: weight + grad), 3 (simvq), 5 (vq-ema) copies of the K x dim codebook
+        codebook_copies = {"vq-ema": 6, "simvq": 4, "vq-kmeans": 5}.get(cell.method, 3)
+        return codebook_copies * kd + 32 * nd + 4 * chunk
+    factor = VQP_NK_FACTORS.get(cell.method, 6.0)
+    if cell.method in ("lfq", "bsq"):
+        return int(factor * nk) + 32 * 4 * n * max(d, bits) + 8 * 4 * k * bits
+    return int(factor * nk) + 3 * kd + 32 * nd
+
+
+# -- building the two implementations ------------------------------------------------------------------------------
+def vqp_equivalent(method: str) -> str | None:
+    """What vector-quantize-pytorch runs for ``method`` (None: it has no equivalent)."""
+    return {
+        "vq": "VectorQuantize(learnable_codebook=True, ema_update=False, rotation_trick=False)",
+        "vq-ema": "VectorQuantize(decay=0.99, eps=1e-5, rotation_trick=False)",
+        "vq-kmeans": "VectorQuantize(kmeans_init=True, kmeans_iters=10, learnable_codebook=True, ema_update=False, "
+                     "rotation_trick=False)",
+        "vq-rotation": "VectorQuantize(learnable_codebook=True, ema_update=False, rotation_trick=True)",
+        "simvq": "SimVQ(rotation_trick=False)",
+        "fsq": "FSQ(levels=<the same levels>)",
+        "lfq": "LFQ(entropy_loss_weight=0.1, commitment_loss_weight=0.25), inv_temperature=100",
+        "bsq": "LFQ(spherical=True, entropy_loss_weight=0.1), inv_temperature=1 (its codebook entropy is exact over "
+               "all K codes; vqbench's bsq factorises it per bit)",
+    }.get(method)
+
+
+def _build_vqbench(method: str, dim: int, codebook_size: int) -> tuple[Any, Callable[[Any], tuple[Any, Any]], int]:
+    from bench.errors import UserError
+    from bench.registry import METHODS
+
+    if method not in METHODS:
+        raise Unsupported(f"method {method!r} is not registered in this vqbench")
+    params, _ = cell_params(method, codebook_size)
+    try:
+        module = METHODS.create(method, dim=dim, codebook_size=codebook_size, **params)
+    except UserError as exc:
+        raise Unsupported(str(exc)) from None
+
+    def call(z):
+        out = module(z)
+        return out.z_q, out.loss
+
+    return module, call, int(module.codebook_size)
+
+
+def _build_vqp(method: str, dim: int, codebook_size: int) -> tuple[Any, Callable[[Any], tuple[Any, Any]], int]:
+    if vqp_equivalent(method) is None:
+        raise Unsupported(f"vector-quantize-pytorch has no equivalent of {method!r}")
+    try:
+        import vector_quantize_pytorch as vqp
+    except ImportError:
+        raise Unsupported("vector-quantize-pytorch is not installed (pip install vector-quantize-pytorch)") from None
+    k = codebook_size
+    if method in ("vq", "vq-rotation", "vq-kmeans", "vq-ema"):
+        kwargs: dict[str, Any] = dict(dim=dim, codebook_size=k, commitment_weight=0.25, rotation_trick=False)
+        if method == "vq-ema":
+            kwargs.update(decay=0.99, eps=1e-5)
+        else:
+            kwargs.update(learnable_codebook=True, ema_update=False)
+        if method == "vq-rotation":
+            kwargs["rotation_trick"] = True
+        if method == "vq-kmeans":
+            kwargs.update(kmeans_init=True, kmeans_iters=10)
+        module = vqp.VectorQuantize(**kwargs)
+
+        def call(z):
+            q, _, loss = module(z)
+            return q, loss
+    elif method == "simvq":
+        module = vqp.SimVQ(dim=dim, codebook_size=k, rotation_trick=False)
+
+        def call(z):
+            q, _, loss = module(z)
+            return q, loss
+    elif method == "fsq":
+        levels = fsq_levels(k)
+        if levels is None:
+            from methods.fsq import recommended_levels
+
+            levels = recommended_levels(k)
+        if min(levels) < 3:
+            raise Unsupported(f"vector-quantize-pytorch's FSQ needs levels > 2 by default, got {levels}")
+        module = vqp.FSQ(levels=levels, dim=dim)
+        k = math.prod(levels)
+
+        def call(z):
+            q, _ = module(z)
+            return q, None
+    else:  # lfq, bsq
+        if k < 2 or k & (k - 1):
+            raise Unsupported(f"vector-quantize-pytorch's LFQ needs a power-of-two codebook size, got {k}")
+        spherical = method == "bsq"
+        module = vqp.LFQ(dim=dim, codebook_size=k, entropy_loss_weight=0.1, diversity_gamma=1.0,
+                         commitment_loss_weight=0.0 if spherical else 0.25, spherical=spherical)
+        inv_temperature = 1.0 if spherical else 100.0
+
+        def call(z):
+            ret = module(z, inv_temperature=inv_temperature)
+            return ret.quantized, ret.entropy_aux_loss
+    return module, call, k
+
+
+# -- measuring one cell (in this process) --------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    """(warmup call times, timed call times) in seconds."""
+    first, times = [], []
+    for i in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        (first if i < warmup else times).append(time.perf_counter() - t0)
+    return first, times
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                              or "out of memory" in text)
+
+
+def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
+    """Build and time ``cell``; returns status, time_ms, gflops, note, codebook_size (memory is measured outside)."""
+    import torch
+
+    torch.manual_seed(0)
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    n, d, k = cell.n, cell.dim, cell.codebook_size
+    if cell.measure in ("nearest_code_search", "matmul"):
+        x = torch.randn(n, d, generator=g).to(device)
+        codes = torch.randn(k, d, generator=g).to(device)
+        if cell.measure == "nearest_code_search":
+            from methods.base import nearest_code
+
+            fn: Callable[[], Any] = lambda: nearest_code(x, codes)
+            note = ""
+        else:
+            rows = matmul_block_rows(n, k)
+            out = torch.empty(rows, k, device=device)
+
+            def fn() -> None:
+                for start in range(0, n, rows):
+                    xb = x[start:start + rows]
+                    torch.mm(xb, codes.t(), out=out[:xb.shape[0]])
+
+            note = f"torch.mm in row blocks of {rows} (output <= {MATMUL_BLOCK_BYTES // 2**20} MiB)"
+        _, times = _timed(fn, device, cell.repeats, cell.warmup)
+        median = statistics.median(times)
+        return {"status": "ok", "time_ms": 1e3 * median, "gflops": 2.0 * n * k * d / median / 1e9, "note": note,
+                "codebook_size": k}
+    build = _build_vqbench if cell.implementation == "vqbench" else _build_vqp
+    module, call, true_k = build(cell.method, d, k)
+    module.to(device).train()
+    shape = (n, d) if cell.implementation == "vqbench" else (1, n, d)
+    z = torch.randn(shape, generator=g).to(device).requires_grad_(True)
+    upstream = torch.randn(shape, generator=g).to(device)
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        z.grad = None
+        z_q, loss = call(z)
+        total = (z_q * upstream).sum()
+        if loss is not None and loss.requires_grad:
+            total = total + loss
+        total.backward()
+
+    first, times = _timed(step, device, cell.repeats, cell.warmup)
+    median = statistics.median(times)
+    note = ""
+    if first and first[0] > 2 * median and first[0] - median > 0.05:
+        note = f"first call {1e3 * first[0]:.0f} ms (one-off initialisation)"
+    return {"status": "ok", "time_ms": 1e3 * median, "gflops": None, "note": note, "codebook_size": true_k}
+
+
+def _resident_bytes() -> tuple[int, int, int]:
+    """(VmRSS, VmHWM, VmSize) of this process in bytes (Linux), zeros elsewhere."""
+    values = {"VmRSS": 0, "VmHWM": 0, "VmSize": 0}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in values:
+                    values[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return values["VmRSS"], values["VmHWM"], values["VmSize"]
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def measure_cell(cell: Cell, device: torch.device, memory_cap_bytes: int | None = None,
+                 cpu_memory: bool = True) -> dict[str, Any]:
+    """Measure ``cell`` in this process: a result dict (status, time_ms, peak_memory_mb, gflops, note, codebook_size).
+
+    On CPU the peak is read from the process's resident set, which is exact only in a fresh process (see
+    :func:`measure_cell_isolated`); with ``cpu_memory=False`` (in-process measurements) it is left empty.
+
+    Refuses (``out_of_memory``) a cell whose :func:`predict_bytes` exceeds ``memory_cap_bytes``; catches out-of-memory
+    as an ``out_of_memory`` result and :class:`Unsupported` as ``unsupported``; other failures are ``error`` results.
+    """
+    import torch
+
+    predicted = predict_bytes(cell)
+    if memory_cap_bytes is not None and predicted > memory_cap_bytes:
+        return {"status": "out_of_memory", "codebook_size": cell.codebook_size,
+                "note": f"not attempted: needs about {predicted / GIB:.1f} GiB (predicted), over the "
+                        f"{memory_cap_bytes / GIB:.1f} GiB cap"}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _resident_bytes()[0]
+        peak_resettable = _reset_peak_rss()
+    result: dict[str, Any]
+    try:
+        result = _run_cell(cell, device)
+    except Unsupported as exc:
+        result = {"status": "unsupported", "note": str(exc)}
+    except Exception as exc:  # every failure becomes a row; the table goes on
+        if _is_oom(exc):
+            result = {"status": "out_of_memory", "note": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        else:
+            result = {"status": "error", "note": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        import resource
+
+        hwm = _resident_bytes()[1] if peak_resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = hwm - base
+    if result["status"] == "ok" and (device.type == "cuda" or cpu_memory):
+        result["peak_memory_mb"] = peak / 2**20
+    result.setdefault("codebook_size", cell.codebook_size)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+# -- measuring one cell in a subprocess (CPU) ---------------------------------------------------------------------
+def _prewarm(cell: Cell, device: torch.device) -> None:
+    """Run a tiny version of ``cell`` once so that lazily loaded code and thread pools are not counted as its memory."""
+    tiny = Cell(cell.implementation, cell.method, min(cell.codebook_size, 64), min(cell.dim, 8), min(cell.n, 64),
+                cell.measure, repeats=1, warmup=0)
+    try:
+        _run_cell(tiny, device)
+    except Exception:  # the real cell reports the failure
+        pass
+
+
+def _worker_main() -> int:
+    """``python -m bench.perf --worker``: read {cell, device, cap} JSON on stdin, print one result line."""
+    request = json.loads(sys.stdin.read())
+    import torch
+
+    import methods  # noqa: F401  - imported before the baseline so that its memory is not the cell's
+    try:
+        import vector_quantize_pytorch  # noqa: F401
+    except ImportError:
+        pass
+    cap = request.get("cap")
+    device = torch.device(request["device"])
+    if cap is not None and device.type == "cpu":
+        import resource
+
+        size = _resident_bytes()[2]
+        if size:  # second guard: an underestimated cell fails to allocate instead of exhausting the machine
+            limit = size + int(cap) + 2 * GIB
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cell = Cell(**request["cell"])
+    _prewarm(cell, device)
+    result = measure_cell(cell, device, cap)
+    print(_RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+def measure_cell_isolated(cell: Cell, device: str, memory_cap_bytes: int | None,
+                          timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S) -> dict[str, Any]:
+    """:func:`measure_cell` in a fresh Python process (exact peak memory on CPU; a crash or kill is a row)."""
+    request = json.dumps({"cell": asdict(cell), "device": device, "cap": memory_cap_bytes})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.perf", "--worker"], input=request, capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "codebook_size": cell.codebook_size,
+                "note": f"timed out after {timeout_s:.0f} s (the cell's time limit)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG):])
+    if proc.returncode < 0 and -proc.returncode == 9:
+        return {"status": "out_of_memory", "codebook_size": cell.codebook_size,
+                "note": "the worker was killed (SIGKILL): most likely out of memory"}
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"status": "error", "codebook_size": cell.codebook_size,
+            "note": f"worker exited with {proc.returncode}: {' | '.join(tail)[:300]}"}
+
+
+# -- planning, running, storing ------------------------------------------------------------------------------------
+def plan_cells(methods: Sequence[str] = MAIN_METHODS, sizes: Sequence[int] = SIZES, dims: Sequence[int] = DIMS,
+               n: int = N_VECTORS, repeats: int = DEFAULT_REPEATS, warmup: int = 1, compare: bool = True,
+               search: bool = True) -> list[Cell]:
+    """All cells, smallest K first (so a deadline cuts the largest ones)."""
+    cells = []
+    for k in sizes:
+        for d in dims:
+            if search:
+                cells.append(Cell("vqbench", "nearest_code", k, d, n, "nearest_code_search", repeats, warmup))
+                cells.append(Cell("torch.mm", "matmul", k, d, n, "matmul", repeats, warmup))
+            for method in methods:
+                cells.append(Cell("vqbench", method, k, d, n, "forward_backward", repeats, warmup))
+                if compare:
+                    cells.append(Cell(VQP, method, k, d, n, "forward_backward", repeats, warmup))
+    return cells
+
+
+def device_label(device: torch.device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    import torch
+
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for name in ("vqbench", "torch", "vector-quantize-pytorch"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return json.dumps(out, sort_keys=True)
+
+
+def new_perf_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def annotate_ratios(rows: list[dict[str, Any]]) -> None:
+    """Append to each vqbench row's note its ratio to the matching vector-quantize-pytorch / torch.mm row."""
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["device"], r["codebook_size"], r["dim"], r["n"]
+
+    theirs = {(*key(r), r["method"]): r for r in rows
+              if r["implementation"] == VQP and r["status"] == "ok"}
+    mm = {key(r): r for r in rows if r["measure"] == "matmul" and r["status"] == "ok"}
+    for r in rows:
+        if r["implementation"] != "vqbench" or r["status"] != "ok":
+            continue
+        extra = ""
+        if r["measure"] == "forward_backward" and (*key(r), r["method"]) in theirs:
+            t = theirs[(*key(r), r["method"])]
+            extra = f"time x{r['time_ms'] / t['time_ms']:.2f}"
+            if r["peak_memory_mb"] and t["peak_memory_mb"]:
+                extra += f", memory x{r['peak_memory_mb'] / t['peak_memory_mb']:.2f}"
+            extra += f" of {VQP}"
+        elif r["measure"] == "nearest_code_search" and key(r) in mm and mm[key(r)]["gflops"]:
+            extra = f"{100 * r['gflops'] / mm[key(r)]['gflops']:.0f}% of torch.mm's rate"
+        if extra and extra not in (r["note"] or ""):
+            r["note"] = "; ".join(p for p in (r["note"], extra) if p)
+
+
+def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str] = MAIN_METHODS,
+             sizes: Sequence[int] = SIZES, dims: Sequence[int] = DIMS, n: int = N_VECTORS,
+             repeats: int = DEFAULT_REPEATS, device: str = "auto", compare: bool = True, search: bool = True, *,
+             warmup: int = 1, memory_cap_gib: float | None = DEFAULT_MEMORY_CAP_GIB,
+             cell_timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S, isolate: bool | None = None,
+             cells: Iterable[Cell] | None = None, deadline: float | None = None, perf_id: str | None = None,
+             rows: list[dict[str, Any]] | None = None, log: Callable[[str], None] | None = print) -> str:
+    """Measure the table and write it (rewritten after every cell) to ``results/perf/<perf_id>.parquet``.
+
+    ``isolate`` (default: on CPU) runs each cell in a subprocess; ``deadline`` (a ``time.monotonic()`` value)
+    stops starting new cells. ``rows`` (a list, extended in place) holds rows measured earlier under the same
+    ``perf_id`` that the file keeps. Returns the perf id.
+    """
+    from bench.runner import select_device
+    from bench.store import ResultStore
+
+    dev = select_device(device)
+    isolate = dev.type == "cpu" if isolate is None else isolate
+    cap = None if memory_cap_gib is None else int(memory_cap_gib * GIB)
+    perf_id = perf_id or new_perf_id()
+    store = ResultStore(results)
+    label, vers = device_label(dev), versions()
+    todo = list(cells) if cells is not None else plan_cells(methods, sizes, dims, n, repeats, warmup, compare, search)
+    rows = [] if rows is None else rows
+    for i, cell in enumerate(todo):
+        if deadline is not None and time.monotonic() > deadline:
+            if log:
+                log(f"time budget spent: {len(todo) - i} cell(s) not measured")
+            break
+        if isolate:
+            result = measure_cell_isolated(cell, str(dev), cap, cell_timeout_s)
+        else:
+            result = measure_cell(cell, dev, cap, cpu_memory=False)
+        row = {"perf_id": perf_id, "created_at": datetime.now(timezone.utc), "device": label,
+               "implementation": cell.implementation, "method": cell.method,
+               "codebook_size": int(result.get("codebook_size") or cell.codebook_size), "dim": cell.dim,
+               "n": cell.n, "measure": cell.measure, "time_ms": result.get("time_ms"),
+               "peak_memory_mb": result.get("peak_memory_mb"), "gflops": result.get("gflops"),
+               "status": result["status"], "note": result.get("note") or "", "versions": vers}
+        rows.append(row)
+        annotate_ratios(rows)
+        store.write_perf(perf_id, rows)
+        if log:
+            log(format_row(row))
+    return perf_id
+
+
+def format_row(row: dict[str, Any]) -> str:
+    time_s = f"{row['time_ms']:10.2f} ms" if row.get("time_ms") is not None else f"{'':13}"
+    mem = f"{row['peak_memory_mb']:9.1f} MB" if row.get("peak_memory_mb") is not None else f"{'':12}"
+    rate = f"{row['gflops']:8.1f} GFLOP/s" if row.get("gflops") is not None else ""
+    return (f"{row['method']:<12} K={row['codebook_size']:<8} dim={row['dim']:<4} N={row['n']:<6} "
+            f"{row['implementation']:<24} {row['measure']:<19} {row['status']:<13} {time_s} {mem} {rate} "
+            f"{row['note']}").rstrip()
+
+
+# -- tables from stored rows (pandas only) -------------------------------------------------------------------------
+def _keys(rows: pd.DataFrame, keys: list[str]) -> list[str]:
+    return (["perf_id"] if "perf_id" in rows.columns else []) + keys
+
+
+def _numeric(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    table = table.copy()
+    for c in columns:
+        table[c] = pd.to_numeric(table[c], errors="coerce")
+    return table
+
+
+def ratio_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """vqbench vs vector-quantize-pytorch per cell: times, peaks, and ratios vqbench / theirs (< 1: vqbench wins)."""
+    keys = _keys(rows, ["device", "method", "codebook_size", "dim", "n"])
+    fb = _numeric(rows[rows["measure"] == "forward_backward"], ["time_ms", "peak_memory_mb"])
+    cols = keys + ["time_ms", "peak_memory_mb", "status"]
+    ours = fb[fb["implementation"] == "vqbench"][cols]
+    theirs = fb[fb["implementation"] == VQP][cols]
+    table = ours.merge(theirs, on=keys, how="left", suffixes=("", "_vqp"))
+    table["time_ratio"] = table["time_ms"] / table["time_ms_vqp"]
+    table["memory_ratio"] = table["peak_memory_mb"] / table["peak_memory_mb_vqp"]
+    return table.sort_values(keys).reset_index(drop=True)
+
+
+def search_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Nearest-code search rate vs torch.mm's on the same shapes: ``fraction`` = search GFLOP/s / mm GFLOP/s."""
+    keys = _keys(rows, ["device", "codebook_size", "dim", "n"])
+    rows = _numeric(rows, ["time_ms", "gflops"])
+    search = rows[rows["measure"] == "nearest_code_search"][keys + ["time_ms", "gflops", "status"]]
+    mm = rows[rows["measure"] == "matmul"][keys + ["time_ms", "gflops", "status"]]
+    table = search.merge(mm, on=keys, how="left", suffixes=("", "_mm"))
+    table["fraction"] = table["gflops"] / table["gflops_mm"]
+    return table.sort_values(keys).reset_index(drop=True)
+
+
+def summary_text(rows: pd.DataFrame) -> str:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 250, "display.float_format", "{:.3g}".format):
+        parts = []
+        ratios = ratio_table(rows)
+        if not ratios.empty:
+            parts.append("forward+backward, vqbench vs vector-quantize-pytorch (ratio < 1: vqbench faster/smaller)\n"
+                         + ratios.drop(columns=["device", "perf_id"], errors="ignore").to_string(index=False))
+        search = search_table(rows)
+        if not search.empty:
+            parts.append("nearest-code search vs torch.mm on the same shapes\n"
+                         + search.drop(columns=["device", "perf_id"], errors="ignore").to_string(index=False))
+    return "\n\n".join(parts)
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(float(v)) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def str_list(text: str) -> list[str]:
+    return [v for v in text.replace(" ", "").split(",") if v]
+
+
+def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``vqbench perf``; the CLI: ``add_perf_arguments(p); p.set_defaults(func=cmd_perf)``."""
+    parser.add_argument("--results", default="results", help="results folder (rows go to RESULTS/perf/)")
+    parser.add_argument("--methods", type=str_list, default=list(MAIN_METHODS),
+                        help=f"comma-separated method names (default: {','.join(MAIN_METHODS)})")
+    parser.add_argument("--sizes", type=int_list, default=list(SIZES),
+                        help="comma-separated codebook sizes K (default: 1024,65536,262144,1048576)")
+    parser.add_argument("--dims", type=int_list, default=list(DIMS), help="comma-separated dims (default: 8,32,256)")
+    parser.add_argument("--n", type=int, default=N_VECTORS, help=f"input vectors per call (default: {N_VECTORS})")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per cell (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--memory-cap-gib", type=float, default=DEFAULT_MEMORY_CAP_GIB,
+                        help="cells predicted to need more are recorded as out_of_memory without trying")
+    parser.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
+                        help="seconds per cell in a subprocess (CPU) before it is recorded as an error")
+    parser.add_argument("--in-process", dest="isolate", action="store_false", default=None,
+                        help="measure every cell in this process (the CUDA default; on CPU peak memory is then not "
+                             "recorded, since only a fresh process shows it exactly)")
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="skip vector-quantize-pytorch")
+    parser.add_argument("--no-search", dest="search", action="store_false",
+                        help="skip the nearest-code search vs torch.mm cells")
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.errors import UserError
+    from bench.store import load_perf
+
+    if args.n < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes + args.dims, default=0) < 1:
+        raise UserError("--n, --repeats, --sizes and --dims must be positive (--warmup >= 0)")
+    perf_id = run_perf(args.results, args.methods, args.sizes, args.dims, args.n, args.repeats, args.device,
+                       args.compare, args.search, warmup=args.warmup, memory_cap_gib=args.memory_cap_gib,
+                       cell_timeout_s=args.cell_timeout, isolate=args.isolate)
+    rows = load_perf(args.results)
+    print(summary_text(rows[rows["perf_id"] == perf_id]))
+    print(f"perf {perf_id}: rows in {args.results}/perf/{perf_id}.parquet")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return _worker_main()
+    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n")[0])
+    add_perf_arguments(parser)
+    return cmd_perf(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""`vqbench perf` and the GPU check: rows with the schema, ratios, refused/failed cells as status rows.
+
+Tiny sizes only; no assertion is about how fast anything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pandas as pd
+import pytest
+
+from bench import perf
+from bench.perf import VQP, Cell
+from bench.store import PERF_SCHEMA, load_perf
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("perf")
+    perf_id = perf.run_perf(root, methods=["vq", "fsq", "no-such-method"], sizes=[64], dims=[4], n=32, repeats=1,
+                            device="cpu", isolate=False, log=None)
+    rows = load_perf(root)
+    assert set(rows["perf_id"]) == {perf_id}
+    return rows
+
+
+def _row(rows: pd.DataFrame, implementation: str, method: str, measure: str = "forward_backward") -> pd.Series:
+    sel = rows[(rows["implementation"] == implementation) & (rows["method"] == method) & (rows["measure"] == measure)]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def test_rows_have_the_store_schema(table):
+    assert list(table.columns) == PERF_SCHEMA.names
+    assert set(table["status"]) <= {"ok", "out_of_memory", "unsupported", "error"}
+    # 2 search cells + 3 methods x 2 implementations
+    assert len(table) == 8
+    assert table["device"].str.startswith("cpu").all()
+    assert table["versions"].str.contains('"torch"').all()
+
+
+def test_measured_cells_are_ok_with_time_and_memory(table):
+    for implementation in ("vqbench", VQP):
+        for method in ("vq", "fsq"):
+            row = _row(table, implementation, method)
+            assert row["status"] == "ok", row["note"]
+            assert row["time_ms"] > 0
+            assert math.isnan(row["peak_memory_mb"])  # in-process on CPU: not measurable exactly, left empty
+            assert row["codebook_size"] == 64 and row["dim"] == 4 and row["n"] == 32
+    search = _row(table, "vqbench", "nearest_code", "nearest_code_search")
+    mm = _row(table, "torch.mm", "matmul", "matmul")
+    for row in (search, mm):
+        assert row["status"] == "ok"
+        # gflops is the 2 N K d flop count over the measured time
+        assert row["gflops"] == pytest.approx(2 * 32 * 64 * 4 / (row["time_ms"] / 1e3) / 1e9, rel=1e-9)
+
+
+def test_unknown_method_is_an_unsupported_row(table):
+    ours = _row(table, "vqbench", "no-such-method")
+    theirs = _row(table, VQP, "no-such-method")
+    assert ours["status"] == theirs["status"] == "unsupported"
+    assert "not registered" in ours["note"]
+    assert "no equivalent" in theirs["note"]
+    assert math.isnan(ours["time_ms"]) or ours["time_ms"] is None
+
+
+def test_ratios_are_computed_from_the_rows(table):
+    ours, theirs = _row(table, "vqbench", "vq"), _row(table, VQP, "vq")
+    ratios = perf.ratio_table(table)
+    r = ratios[(ratios["method"] == "vq")].iloc[0]
+    assert r["time_ratio"] == pytest.approx(ours["time_ms"] / theirs["time_ms"])
+    assert f"time x{ours['time_ms'] / theirs['time_ms']:.2f}" in ours["note"]
+    search = perf.search_table(table).iloc[0]
+    assert search["fraction"] == pytest.approx(search["gflops"] / search["gflops_mm"])
+    assert "of torch.mm's rate" in _row(table, "vqbench", "nearest_code", "nearest_code_search")["note"]
+    assert "vq" in perf.summary_text(table)
+
+
+def test_ratio_table_on_hand_made_rows():
+    base = {"device": "d", "codebook_size": 8, "dim": 2, "n": 4, "status": "ok"}
+    rows = pd.DataFrame([
+        {**base, "implementation": "vqbench", "method": "vq", "measure": "forward_backward", "time_ms": 2.0,
+         "peak_memory_mb": 10.0},
+        {**base, "implementation": VQP, "method": "vq", "measure": "forward_backward", "time_ms": 8.0,
+         "peak_memory_mb": 40.0},
+        {**base, "implementation": "vqbench", "method": "simvq", "measure": "forward_backward", "time_ms": 3.0,
+         "peak_memory_mb": 5.0},
+    ])
+    t = perf.ratio_table(rows).set_index("method")
+    assert t.loc["vq", "time_ratio"] == 0.25 and t.loc["vq", "memory_ratio"] == 0.25
+    assert math.isnan(t.loc["simvq", "time_ratio"])  # no counterpart: no ratio
+    # every counterpart refused (no numbers at all, as in rows built from dicts): NaN ratios, no failure
+    refused = pd.DataFrame([
+        {**base, "implementation": "vqbench", "method": "vq", "measure": "forward_backward", "time_ms": 2.0,
+         "peak_memory_mb": 10.0},
+        {**base, "implementation": VQP, "method": "vq", "measure": "forward_backward", "time_ms": None,
+         "peak_memory_mb": None, "status": "out_of_memory"},
+    ]).astype({"time_ms": object, "peak_memory_mb": object})
+    assert math.isnan(perf.ratio_table(refused)["time_ratio"].iloc[0])
+
+
+def test_cell_over_the_memory_cap_is_refused_without_trying(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a refused cell must not be run")
+
+    monkeypatch.setattr(perf, "_run_cell", boom)
+    import torch
+
+    cell = Cell(VQP, "vq", 1048576, 256, 16384, "forward_backward")
+    result = perf.measure_cell(cell, torch.device("cpu"), 20 * GIB)
+    assert result["status"] == "out_of_memory"
+    assert "predicted" in result["note"] and "20.0 GiB cap" in result["note"]
+
+
+def test_predictions_bounded_search_vs_one_hot():
+    n, k, d = 16384, 1048576, 256
+    for method in ("vq", "vq-ema", "vq-rotation", "simvq", "lfq", "bsq", "fsq"):
+        assert perf.predict_bytes(Cell("vqbench", method, k, d, n, "forward_backward")) < 24 * GIB, method
+        if method != "fsq":  # every distance-matrix implementation needs at least one N x K float matrix
+            assert perf.predict_bytes(Cell(VQP, method, k, d, n, "forward_backward")) >= 4 * n * k, method
+    assert perf.predict_bytes(Cell("torch.mm", "matmul", k, d, n, "matmul")) < 4 * GIB
+
+
+@pytest.mark.parametrize("message, status", [
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes", "out_of_memory"),
+    ("some other failure", "error"),
+])
+def test_failures_become_status_rows(monkeypatch, message, status):
+    import torch
+
+    def fail(cell, device):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(perf, "_run_cell", fail)
+    result = perf.measure_cell(Cell("vqbench", "vq", 16, 4, 8, "forward_backward"), torch.device("cpu"), GIB)
+    assert result["status"] == status
+    assert message[:40] in result["note"]
+
+
+def test_isolated_worker_sees_torch_allocations_and_times_out():
+    n, k = 512, 4096
+    cell = Cell(VQP, "vq", k, 8, n, "forward_backward", repeats=1)
+    result = perf.measure_cell_isolated(cell, "cpu", GIB, timeout_s=300)
+    assert result["status"] == "ok", result
+    assert result["time_ms"] > 0
+    # the one-hot implementation holds at least one N x K float32 matrix: the peak must show it
+    assert result["peak_memory_mb"] >= 4 * n * k / 2**20
+    slow = perf.measure_cell_isolated(cell, "cpu", GIB, timeout_s=0.05)
+    assert slow["status"] == "error" and "timed out" in slow["note"]
+
+
+def test_fsq_levels_make_exactly_k_codes():
+    for bits in range(4, 21):
+        levels = perf.fsq_levels(2**bits)
+        assert math.prod(levels) == 2**bits and set(levels) <= {4, 8}
+    assert perf.fsq_levels(1000) is None
+    params, k = perf.cell_params("fsq", 1000)
+    assert params == {} and k <= 1000
+    assert perf.cell_params("lfq", 1000) == ({}, 512)
+
+
+def test_cli_arguments_parse():
+    parser = argparse.ArgumentParser()
+    perf.add_perf_arguments(parser)
+    args = parser.parse_args(["--sizes", "1024,65536", "--dims", "8", "--methods", "vq,simvq", "--no-compare"])
+    assert args.sizes == [1024, 65536] and args.dims == [8] and args.methods == ["vq", "simvq"]
+    assert args.compare is False and args.search is True and args.isolate is None
+    defaults = parser.parse_args([])
+    assert defaults.sizes == list(perf.SIZES) and defaults.n == perf.N_VECTORS
+
+
+def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
+    from bench import gpu_check
+
+    assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 262144, 8, 16384, "forward_backward"))
+    assert gpu_check.skipped(Cell(VQP, "vq-kmeans", 262144, 8, 16384, "forward_backward")) is None
+    code = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--sizes", "64", "--dims", "4", "--n", "32",
+                           "--repeats", "1", "--methods", "vq,no-such-method", "--tasks", "gmm,no-such-task",
+                           "--image-methods", "vq", "--image-steps", "2,4"])
+    assert code == 0
+    rows = load_perf(tmp_path)
+    assert list(rows.columns) == PERF_SCHEMA.names
+    assert rows["perf_id"].nunique() == 1
+    train = rows[rows["measure"] == "train_step"].set_index("note")
+    assert len(train) == 2
+    ok = train[train["status"] == "ok"].iloc[0]
+    assert ok["time_ms"] > 0 and ok["n"] == 1024  # gmm's paper batch size
+    assert (train["status"] == "unsupported").sum() == 1  # the unknown task, with the reason
+    table = rows[rows["measure"] != "train_step"]
+    assert set(table["status"]) == {"ok", "unsupported"}
+    assert (tmp_path / "summary.txt").read_text().startswith("python -m bench.gpu_check --out")
