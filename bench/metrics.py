@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 # Codes (or embeddings) closer than MERGE_TOLERANCE * sigma_z are one "distinct" vector, where
 # sigma_z = sqrt(trace Cov(z)) is the RMS distance of the encoder outputs to their mean: the scale
@@ -131,28 +130,34 @@ def sample_rows(x: Tensor, n: int, seed: int = 0) -> Tensor:
     return x[torch.randperm(x.shape[0], generator=g)[:n]]
 
 
-class CodebookUsage(Metric):
+class CodebookUsage:
     """Accumulates code counts over a whole split; ``compute()`` gives utilization, perplexity, dead codes.
 
-    ``update(indices)`` with any-shaped long tensor of code ids; state is summed across processes.
+    torchmetrics-style (``update`` / ``compute`` / ``reset``) without its import cost: ``update(indices)``
+    with an any-shaped long tensor of code ids; counts stay on the indices' device until ``compute``.
+    Across processes, sum ``counts`` (e.g. ``torch.distributed.all_reduce``) before ``compute``.
     """
 
-    full_state_update = False
-
-    def __init__(self, codebook_size: int, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, codebook_size: int) -> None:
         self.codebook_size = codebook_size
-        self.add_state("counts", default=torch.zeros(codebook_size, dtype=torch.float64),
-                       dist_reduce_fx="sum")
+        self.counts = torch.zeros(codebook_size, dtype=torch.float64)
+
+    def to(self, device: torch.device | str) -> CodebookUsage:
+        self.counts = self.counts.to(device)
+        return self
 
     def update(self, indices: Tensor) -> None:
-        self.counts += torch.bincount(indices.reshape(-1).long(), minlength=self.codebook_size).to(
-            self.counts.device, torch.float64)
+        if self.counts.device != indices.device:
+            self.counts = self.counts.to(indices.device)
+        self.counts += torch.bincount(indices.reshape(-1).long(), minlength=self.codebook_size).double()
 
     def compute(self) -> dict[str, float]:
         counts = self.counts.cpu()
         return {"utilization": utilization(counts), "perplexity": perplexity(counts),
                 "dead_codes": float(dead_codes(counts))}
+
+    def reset(self) -> None:
+        self.counts = torch.zeros(self.codebook_size, dtype=torch.float64, device=self.counts.device)
 
 
 @dataclass

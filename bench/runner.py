@@ -39,6 +39,27 @@ class Diverged(Exception):
     pass
 
 
+def check_window(running: dict[str, list[torch.Tensor]], done: int, stage: str) -> dict[str, float]:
+    """Means of the logged values of the steps since the last log; :class:`Diverged` names the first bad step.
+
+    A step is bad when its loss is non-finite or above :data:`DIVERGENCE_LOSS`, or its gradient norm is
+    non-finite. Checking once per window keeps the loop free of per-step host synchronisation.
+    """
+    losses = torch.stack(running["loss"]).double().cpu()
+    first = done - len(losses)
+    bad = ~torch.isfinite(losses) | (losses.abs() > DIVERGENCE_LOSS)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise Diverged(f"loss became {float(losses[i]):.4g} at step {first + i} of stage {stage}")
+    if "grad_norm" in running:
+        norms = torch.stack(running["grad_norm"]).double().cpu()
+        bad = ~torch.isfinite(norms)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise Diverged(f"gradient norm became {float(norms[i]):.4g} at step {first + i} of stage {stage}")
+    return {name: float(torch.stack(values).double().mean()) for name, values in running.items()}
+
+
 @dataclass
 class RunResult:
     """What :func:`run` returns (the run row is in the store as well)."""
@@ -323,32 +344,31 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
                 batch = stage.batch(step)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     loss, logs = stage.loss(batch)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value) or abs(loss_value) > DIVERGENCE_LOSS:
-                    raise Diverged(f"loss became {loss_value:.4g} at step {step} of stage {stage.name}")
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         params, spec.budget.grad_clip if spec.budget.grad_clip > 0 else float("inf"))
-                    if not torch.isfinite(grad_norm):
-                        raise Diverged(f"gradient norm became {float(grad_norm):.4g} at step {step} "
-                                       f"of stage {stage.name}")
                     optimizer.step()
                     scheduler.step()
                     logs = {**logs, "grad_norm": grad_norm}
-                running.setdefault("loss", []).append(loss_value)
+                # no host sync per step: values stay tensors until the window is checked and logged
+                running.setdefault("loss", []).append(loss.detach().float())
                 for name, value in logs.items():
-                    running.setdefault(name, []).append(float(value))
+                    running.setdefault(name, []).append(torch.as_tensor(value).detach().float().reshape(()))
                 state["train_time"] += time.perf_counter() - t0
                 state["items"] += stage.items_per_batch
                 steps_this_call += 1
                 done = step + 1
-                if done % log_interval == 0 or done == steps:
-                    for name, values in sorted(running.items()):
-                        metric_rows.append(("train", offset + done, name, float(np.mean(values))))
-                    running.clear()
-                    bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+                boundary_eval = done % eval_interval == 0 or done == steps
+                boundary_ckpt = done % ckpt_interval == 0 and done < steps
+                if done % log_interval == 0 or boundary_eval or boundary_ckpt:
+                    means = check_window(running, done, stage.name)  # raises Diverged
+                    if done % log_interval == 0 or done == steps:
+                        for name, value in sorted(means.items()):
+                            metric_rows.append(("train", offset + done, name, value))
+                        running.clear()
+                        bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
                 if done % eval_interval == 0 or done == steps:
                     evaluate(done)
                 if done % ckpt_interval == 0 and done < steps:
