@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -144,7 +145,8 @@ def cmd_quick(args: argparse.Namespace) -> int:
 
     sweep = load_sweep("quick")
     print(f"vqbench quick: {len(sweep.specs())} runs (every method x every offline task, 1 seed) into {args.results}/")
-    summary = run_sweep(sweep, args.results, executor="debug", wait=True, device=args.device)
+    workers = args.workers or os.cpu_count() or 1
+    summary = run_sweep(sweep, args.results, executor="debug", wait=True, device=args.device, workers=workers)
     print(summary.format())
     from leaderboard.build import build_site
 
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="site", help="where the leaderboard site is written (default: site)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0,
+                   help="parallel worker processes of one torch thread each (default: one per CPU core)")
     p.set_defaults(func=cmd_quick)
 
     p = sub.add_parser("check", parents=[common], help="run the Quantizer conformance kit on a method")

@@ -82,7 +82,8 @@ def finding_table(results: str | os.PathLike[str], finding: Finding, suite: str 
     tag = f"suite:{suite or finding.name}"
     members = store.sweep_members()
     suite_name = tag[len("suite:"):]
-    in_suite = [tag in list(tags) or suite_name in members.get(rid, ()) for tags, rid in zip(runs["tags"], runs["run_id"])]
+    in_suite = [tag in list(tags) or suite_name in members.get(rid, ())
+                for tags, rid in zip(runs["tags"], runs["run_id"])]
     runs = runs[pd.Series(in_suite, index=runs.index, dtype=bool) & (runs["status"] == "ok")]
     if runs.empty:
         raise UserError(f"no finished runs tagged {tag} in {results}: run `vqbench reproduce {finding.name}` first")

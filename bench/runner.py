@@ -344,7 +344,7 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
                 batch = stage.batch(step)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     loss, logs = stage.loss(batch)
-                if optimizer is not None:
+                if optimizer is not None and loss.requires_grad:  # (a warm-up step may train nothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(

@@ -139,7 +139,8 @@ def check_quantizer(name: str, *, dim: int = 8, codebook_size: int = 16, params:
         with torch.no_grad():
             out = q(z)
             decoded = q.decode_indices(out.indices)
-        assert decoded.shape == out.z_q.shape, f"decode_indices gives {tuple(decoded.shape)}, z_q {tuple(out.z_q.shape)}"
+        assert decoded.shape == out.z_q.shape, \
+            f"decode_indices gives {tuple(decoded.shape)}, z_q {tuple(out.z_q.shape)}"
         err = float((decoded - out.z_q).abs().max())
         tol = 1e-4 * max(1.0, float(out.z_q.abs().max()))
         assert err <= tol, f"decode_indices(indices) differs from z_q by {err:.3g} (eval mode): they must agree"
@@ -178,7 +179,8 @@ def check_quantizer(name: str, *, dim: int = 8, codebook_size: int = 16, params:
         q.eval()
         with torch.no_grad():
             q(_inputs(64, dim, seed + 600))
-        assert _states_equal(before, q.state_dict()), "eval-mode forward changed the state: update only if self.training"
+        assert _states_equal(before, q.state_dict()), \
+            "eval-mode forward changed the state: update only if self.training"
 
     def extremes() -> None:
         for label, z in (("zeros", torch.zeros(2, 32, dim)), ("huge", _inputs(64, dim, 1, 1e4)),

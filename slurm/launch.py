@@ -311,8 +311,11 @@ def sbatch_preview(profile: Profile, folder: Path, n: int, setup: list[str], job
 
 def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executor: str | None = None,
               dry_run: bool = False, wait: bool = False, *, poll_s: float = 5.0, device: str | None = None,
-              log: Callable[[str], None] | None = print) -> SweepSummary:
+              log: Callable[[str], None] | None = print, workers: int = 1) -> SweepSummary:
     """Submit the runs of ``sweep`` that are neither complete nor in flight; see the module docstring.
+
+    ``workers`` > 1 runs the debug executor's runs in that many worker processes of one torch thread each
+    (results are the same as one after the other with one thread: every run is seeded and independent).
 
     ``executor`` (slurm | local | debug) overrides the profiles' ``cluster``. ``dry_run`` only
     reports what would be submitted (and the sbatch script of the first array). ``wait`` polls the
@@ -323,11 +326,11 @@ def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executo
     if executor is not None and executor not in CLUSTERS:
         raise UserError(f"unknown executor {executor!r}: use {', '.join(CLUSTERS)}")
     if dry_run:
-        summary = _submit(sweep, results, executor, True, device, say)
+        summary = _submit(sweep, results, executor, True, device, say, workers)
     else:
         ResultStore(results).ensure_writable()
         with _submission_lock(sweep, results):
-            summary = _submit(sweep, results, executor, False, device, say)
+            summary = _submit(sweep, results, executor, False, device, say, workers)
     if wait and not dry_run and summary.executor != "debug" and (summary.submitted or summary.in_flight):
         summary.status = _wait(sweep, results, poll_s, say)
     elif not dry_run and summary.results:
@@ -353,7 +356,7 @@ def _submission_lock(sweep: Sweep, results: Path) -> Iterator[None]:
 
 
 def _submit(sweep: Sweep, results: Path, executor: str | None, dry_run: bool, device: str | None,
-            say: Callable[[str], None]) -> SweepSummary:
+            say: Callable[[str], None], workers: int = 1) -> SweepSummary:
     status = sweep_status(sweep, results)
     unknown = status.of("unknown")
     if unknown and not dry_run:
@@ -375,10 +378,11 @@ def _submit(sweep: Sweep, results: Path, executor: str | None, dry_run: bool, de
     for profile, specs in groups:
         kind = executor or profile.cluster
         if kind == "debug":
-            summary.plan.append(f"{len(specs)} run(s) in this process, one after the other")
+            summary.plan.append(f"{len(specs)} run(s) in this process, one after the other" if workers <= 1 else
+                                f"{len(specs)} run(s) in {min(workers, len(specs))} worker processes of one thread")
             if not dry_run:
                 summary.jobs.append("in-process")
-                summary.results += _run_debug(sweep, specs, results, device, say)
+                summary.results += _run_debug(sweep, specs, results, device, say, workers)
         elif kind == "local":
             _submit_local(sweep, profile, specs, results, jobs_root, dry_run, summary, device)
         else:
@@ -387,22 +391,39 @@ def _submit(sweep: Sweep, results: Path, executor: str | None, dry_run: bool, de
 
 
 def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | None,
-               say: Callable[[str], None]) -> list[dict[str, Any]]:
-    worker = SweepWorker(str(results), sweep.name, plugins=[], device=device, verbose=False, progress=None)
+               say: Callable[[str], None], workers: int = 1) -> list[dict[str, Any]]:
     job_id = f"debug-{os.getpid()}"
+    jobs.record_submissions(results, sweep.name, [jobs.Submission(spec.run_id, job_id, "debug", "", sweep.name,
+                                                                  time.time()) for spec in specs])
     out = []
+    if workers > 1 and len(specs) > 1:
+        import multiprocessing
+
+        # spawn, not fork: a forked child of a process that already ran OpenMP regions can hang
+        context = multiprocessing.get_context("spawn")
+        args = [(str(results), sweep.name, device, spec.to_json()) for spec in specs]
+        with context.Pool(min(workers, len(specs))) as pool:
+            for spec, outcome in zip(specs, pool.imap(_debug_one, args)):
+                out.append(outcome)
+                say(_run_line(spec, outcome))
+        return out
     for spec in specs:
-        jobs.record_submissions(results, sweep.name, [jobs.Submission(spec.run_id, job_id, "debug", "", sweep.name,
-                                                                      time.time())])
-        try:
-            outcome = worker([spec.to_json()])[0]
-        except RuntimeError as exc:  # the worker raises after recording a run that raised
-            outcome = {"run_id": spec.run_id, "status": "error", "error": str(exc)}
-        except UserError as exc:
-            outcome = {"run_id": spec.run_id, "status": "error", "error": str(exc)}
+        outcome = _debug_one((str(results), sweep.name, device, spec.to_json()), threads=None)
         out.append(outcome)
         say(_run_line(spec, outcome))
     return out
+
+
+def _debug_one(args: tuple[str, str, str | None, str], threads: int | None = 1) -> dict[str, Any]:
+    """One run of the debug executor (in this process, or in a pool worker with one torch thread)."""
+    results, sweep_name, device, spec_json = args
+    worker = SweepWorker(results, sweep_name, plugins=[], device=device, verbose=False, progress=None,
+                         threads=threads)
+    run_id = RunSpec.from_json(spec_json).run_id
+    try:
+        return worker([spec_json])[0]
+    except (RuntimeError, UserError) as exc:  # the worker raises after recording a run that raised
+        return {"run_id": run_id, "status": "error", "error": str(exc)}
 
 
 def _run_line(spec: RunSpec, outcome: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.findings import draw_finding, finding_table, FINDINGS
+from bench.findings import FINDINGS, draw_finding, finding_table
 from bench.runner import make_spec, run
 
 SMALL_MANIFOLD = {"n_train": 2048, "n_eval": 1024}

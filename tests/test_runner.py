@@ -92,3 +92,14 @@ def test_version_mismatch_is_a_user_error(tmp_path, tiny_spec):
     spec = dataclasses.replace(tiny_spec(), method_version=99)
     with pytest.raises(UserError, match="rebuild the spec"):
         run(spec, tmp_path, progress=False)
+
+
+def test_steps_that_train_nothing_are_skipped_not_failed(tmp_path):
+    from bench.runner import make_spec
+
+    # gmm-codebook has no encoder; vq-deferred is the identity during warm-up: nothing has a gradient there
+    spec = make_spec("gmm-codebook", "vq-deferred", {"n_train": 512, "n_eval": 256}, {"warmup_fraction": 0.5},
+                     budget={"steps": 20, "batch_size": 64, "eval_interval": 10})
+    result = run(spec, tmp_path, progress=False)
+    assert result.status == "ok", result.error
+    assert result.final["utilization"] > 0
