@@ -231,6 +231,11 @@ list_tasks = TASKS.list
 _loaded_plugins: dict[str, str] = {}  # resolved path or module name -> source label
 
 
+def loaded_plugins() -> list[str]:
+    """The plugins loaded with :func:`load_plugin` so far (resolved file paths or module names), in order."""
+    return list(_loaded_plugins)
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

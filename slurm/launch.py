@@ -401,22 +401,29 @@ def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | 
 
         # spawn, not fork: a forked child of a process that already ran OpenMP regions can hang
         context = multiprocessing.get_context("spawn")
-        args = [(str(results), sweep.name, device, spec.to_json()) for spec in specs]
+        from bench.registry import loaded_plugins
+
+        plugins = tuple(loaded_plugins())  # the sweep's and the command line's: workers load them too
+        args = [(str(results), sweep.name, device, spec.to_json(), plugins) for spec in specs]
         with context.Pool(min(workers, len(specs))) as pool:
             for spec, outcome in zip(specs, pool.imap(_debug_one, args)):
                 out.append(outcome)
                 say(_run_line(spec, outcome))
         return out
     for spec in specs:
-        outcome = _debug_one((str(results), sweep.name, device, spec.to_json()), threads=None)
+        outcome = _debug_one((str(results), sweep.name, device, spec.to_json(), ()), threads=None)
         out.append(outcome)
         say(_run_line(spec, outcome))
     return out
 
 
-def _debug_one(args: tuple[str, str, str | None, str], threads: int | None = 1) -> dict[str, Any]:
+def _debug_one(args: tuple[str, str, str | None, str, tuple[str, ...]], threads: int | None = 1) -> dict[str, Any]:
     """One run of the debug executor (in this process, or in a pool worker with one torch thread)."""
-    results, sweep_name, device, spec_json = args
+    from bench.registry import load_plugin
+
+    results, sweep_name, device, spec_json, plugins = args
+    for plugin in plugins:
+        load_plugin(plugin)
     worker = SweepWorker(results, sweep_name, plugins=[], device=device, verbose=False, progress=None,
                          threads=threads)
     run_id = RunSpec.from_json(spec_json).run_id

@@ -562,6 +562,27 @@ def test_file_plugin_from_a_sweep_on_the_debug_executor(tmp_path):
     assert source.startswith(f"file:{plugin.resolve()}#sha256=")
 
 
+def test_debug_executor_worker_processes_load_plugins_and_match_in_process(tmp_path):
+    plugin = tmp_path / "mine2.py"
+    name = f"poolplug-{os.getpid()}-{tmp_path.name[-6:]}".replace("_", "-")
+    plugin.write_text(PLUGIN.format(name=name))
+    text = base_yaml(methods=f"[{name}]", plugins="[mine2.py]", seeds="2")
+    try:
+        sweep = load_sweep(write(tmp_path, text))
+        pooled = run_sweep(sweep, tmp_path / "pooled", executor="debug", log=None, workers=2)
+        inline = run_sweep(sweep, tmp_path / "inline", executor="debug", log=None, workers=1)
+    finally:
+        METHODS.remove(name)
+    assert pooled.status.counts["done"] == 2 and inline.status.counts["done"] == 2
+    a = ResultStore(tmp_path / "pooled").load_metrics().sort_values(["run_id", "split", "step", "metric"])
+    b = ResultStore(tmp_path / "inline").load_metrics().sort_values(["run_id", "split", "step", "metric"])
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))  # tests run one thread
+    runs = ResultStore(tmp_path / "pooled").load_runs()
+    assert set(runs["device"]) == {"cpu (1 threads)"}  # each worker runs one torch thread
+    assert all(src.startswith("file:") for src in runs["method_source"])
+
+
 def _wait_until(get, done, timeout: float):
     end = time.time() + timeout
     while True:
