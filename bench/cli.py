@@ -144,7 +144,9 @@ def cmd_quick(args: argparse.Namespace) -> int:
     from slurm.sweep import load_sweep
 
     sweep = load_sweep("quick")
-    print(f"vqbench quick: {len(sweep.specs())} runs (every method x every offline task, 1 seed) into {args.results}/")
+    if args.methods or args.tasks or args.smoke:
+        sweep = _narrow_quick(sweep, args)
+    print(f"vqbench quick: {len(sweep.specs())} runs ({sweep.description}) into {args.results}/")
     workers = args.workers or os.cpu_count() or 1
     summary = run_sweep(sweep, args.results, executor="debug", wait=True, device=args.device, workers=workers)
     print(summary.format())
@@ -178,6 +180,30 @@ def cmd_new(args: argparse.Namespace) -> int:
     print(f"wrote plugin {args.name!r} to {root}/\nnext: pip install -e {root} && vqbench list methods {args.name} "
           f"&& vqbench check method {args.name}")
     return 0
+
+
+SMOKE_BUDGET = {"steps": 8, "eval_interval": 4}
+
+
+def _narrow_quick(sweep: Any, args: argparse.Namespace) -> Any:
+    """The quick suite restricted to some methods/tasks, or as a smoke test (suite ``quick-smoke``: 8 steps)."""
+    import yaml
+
+    from slurm.sweep import parse_sweep
+
+    data = yaml.safe_load(sweep.path.read_text())
+    words = []
+    if args.methods:
+        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        words.append(f"methods {', '.join(data['methods'])}")
+    if args.tasks:
+        data["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        words.append(f"tasks {', '.join(data['tasks'])}")
+    if args.smoke:  # other specs than the real suite: a suite of their own, so no leaderboard row mixes them
+        data["name"], data["budget"] = "quick-smoke", dict(SMOKE_BUDGET)
+        words.append(f"smoke test: {SMOKE_BUDGET['steps']} steps a run")
+    data["description"] = "the quick suite, " + "; ".join(words)
+    return parse_sweep(data, source=str(sweep.path), base_dir=sweep.path.parent, path=sweep.path)
 
 
 REPRODUCTIONS = {"tokens-collapse": ("tokens-collapse", "tokens-collapse-offset"),
@@ -242,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0,
                    help="parallel worker processes of one torch thread each (default: one per CPU core)")
+    p.add_argument("--methods", default=None, help="only these methods (comma-separated names or globs)")
+    p.add_argument("--tasks", default=None, help="only these tasks (comma-separated names or globs)")
+    p.add_argument("--smoke", action="store_true",
+                   help="8 steps a run, as its own suite `quick-smoke`: checks that everything runs, in a minute")
     p.set_defaults(func=cmd_quick)
 
     p = sub.add_parser("check", parents=[common], help="run the Quantizer conformance kit on a method")
