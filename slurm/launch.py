@@ -409,6 +409,8 @@ def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | 
             for spec, outcome in zip(specs, pool.imap(_debug_one, args)):
                 out.append(outcome)
                 say(_run_line(spec, outcome))
+            pool.close()  # let the workers exit cleanly (terminate() leaves a semaphore behind)
+            pool.join()
         return out
     for spec in specs:
         outcome = _debug_one((str(results), sweep.name, device, spec.to_json(), ()), threads=None)
