@@ -17,11 +17,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from sweep_helpers import starts, wait_for
+from sweep_helpers import sweep_file as _sweep_file
 
 from bench.registry import METHODS
 from bench.store import ResultStore, final_metrics
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parent.parent / "slurm" / "testcluster.sh"
 STATE_DIR = os.environ.get("VQBENCH_SLURM_DIR", "/tmp/vqbench-slurm")
-GMM = "{n_train: 1024, n_eval: 256, hidden: 32, n_modes: 8, codebook_size: 32}"
 LONG = "{steps: 3000, batch_size: 64, eval_interval: 1000, checkpoint_interval: 50}"
 # submitit ignores SIGTERM: a cancelled job runs on for KillWait (5 s) before SIGKILL, so a run to cancel
 # must be long enough not to finish in that grace
@@ -85,33 +85,7 @@ def cluster():
 
 def sweep_file(tmp_path: Path, name: str, methods: str, budget: str, executor: str = EXECUTOR,
                extra: str = "") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: {name}
-        tasks:
-          - name: gmm
-            params: {GMM}
-        methods: {methods}
-        seeds: 1
-        budget: {budget}
-        executor: {executor}
-        """) + extra)
-    return path
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5, show=None):
-    """Poll ``predicate`` until it returns something true; on timeout say what ``show()`` says."""
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {show()}" if show else ""))
-
-
-def starts(results: Path) -> dict[str, list[dict]]:
-    return {rid: [e for e in events if e["event"] == "start"] for rid, events in jobs.load_attempts(results).items()}
+    return _sweep_file(tmp_path, name, methods, budget, executor, extra)
 
 
 def squeue() -> dict[str, str]:

@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from sweep_helpers import starts, sweep_file, wait_for
 
 from bench.runner import run
 from bench.store import ResultStore, final_metrics
@@ -27,37 +26,6 @@ from slurm.sweep import load_sweep
 
 pytestmark = pytest.mark.slow
 
-GMM = "{n_train: 1024, n_eval: 256, hidden: 32, n_modes: 8, codebook_size: 32}"
-
-
-def sweep_file(tmp_path: Path, name: str, methods: str, budget: str, executor: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: {name}
-        tasks:
-          - name: gmm
-            params: {GMM}
-        methods: {methods}
-        seeds: 1
-        budget: {budget}
-        executor: {executor}
-        """))
-    return path
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5, show=None):
-    """Poll ``predicate`` until it returns something true; on timeout say what ``show()`` says."""
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {show()}" if show else ""))
-
-
-def starts(results: Path) -> dict[str, list[dict]]:
-    return {rid: [e for e in events if e["event"] == "start"] for rid, events in jobs.load_attempts(results).items()}
 
 
 def final(results: Path) -> dict[str, float]:
