@@ -54,18 +54,19 @@ from bench.perf import (
 KEY_METHODS = ("vq", "simvq")
 KEY_SIZE, KEY_DIM = 65536, 256
 IMAGE_METHODS = ("vq", "simvq")
+GPU_MIN_TIME_S = 0.25  # GPU cells are fast: a quarter second of timed calls each keeps the table in budget
 KMEANS_SEEDING_MAX_K = 65536  # k-means++ seeding is K sequential steps: above this it would eat the time budget
 
 
 def ordered_cells(methods: Sequence[str], sizes: Sequence[int], dims: Sequence[int], n: int, repeats: int,
                   warmup: int) -> tuple[list[Cell], list[Cell]]:
     """Key comparison first, then the search table, then the rest of the table (smallest K first)."""
-    key = [Cell(impl, m, KEY_SIZE, KEY_DIM, n, "forward_backward", repeats, warmup)
+    key = [Cell(impl, m, KEY_SIZE, KEY_DIM, n, "forward_backward", repeats, warmup, GPU_MIN_TIME_S)
            for m in KEY_METHODS if m in methods and KEY_SIZE in sizes and KEY_DIM in dims for impl in ("vqbench", VQP)]
-    search = [Cell(impl, name, k, d, n, measure, repeats, warmup) for k in sizes for d in dims
+    search = [Cell(impl, name, k, d, n, measure, repeats, warmup, GPU_MIN_TIME_S) for k in sizes for d in dims
               for impl, name, measure in (("vqbench", "nearest_code", "nearest_code_search"),
                                           ("torch.mm", "matmul", "matmul"))]
-    rest = [Cell(impl, m, k, d, n, "forward_backward", repeats, warmup) for k in sizes for d in dims
+    rest = [Cell(impl, m, k, d, n, "forward_backward", repeats, warmup, GPU_MIN_TIME_S) for k in sizes for d in dims
             for m in methods for impl in ("vqbench", VQP)]
     rest = [c for c in rest if c not in key]
     return key + search, rest

@@ -5,7 +5,8 @@ Three measures, one row each per cell (``bench.store.PERF_SCHEMA``, one Parquet 
 * ``forward_backward``: one training-mode forward of a quantizer on ``N`` random vectors ``z`` (N, dim) plus the
   backward of ``loss + sum(z_q * g)`` (``g`` a fixed random upstream gradient), for vqbench's registered method
   and, in the same process on the same inputs, vector-quantize-pytorch's equivalent (:func:`vqp_equivalent`).
-  ``time_ms`` is the median over ``repeats`` timed calls after ``warmup`` untimed ones (the first call is in the
+  ``time_ms`` is the median over at least ``repeats`` timed calls (more for short cells, until they add up to
+  ``min_time_s``) after ``warmup`` untimed ones (the first call is in the
   note when it is a one-off cost such as k-means initialisation). The vqbench row's note carries the ratio
   ``time(vqbench) / time(vector-quantize-pytorch)`` and the same for memory (below 1: vqbench is better).
 * ``nearest_code_search``: :func:`methods.base.nearest_code` on (N, dim) x (K, dim); ``gflops`` is the achieved
@@ -59,6 +60,8 @@ N_VECTORS = 16384
 DEFAULT_MEMORY_CAP_GIB = 20.0
 DEFAULT_REPEATS = 5
 DEFAULT_CELL_TIMEOUT_S = 900.0
+MIN_TIMED_S = 1.0  # short cells repeat until their timed calls add up to this (see _timed)
+MAX_TIMED_CALLS = 1000
 MATMUL_BLOCK_BYTES = 2**30  # the torch.mm reference works in row blocks whose output is at most this
 VQP = "vector-quantize-pytorch"
 GIB = 2**30
@@ -77,6 +80,7 @@ class Cell:
     measure: str  # forward_backward | nearest_code_search | matmul
     repeats: int = DEFAULT_REPEATS
     warmup: int = 1
+    min_time_s: float = MIN_TIMED_S
 
 
 class Unsupported(Exception):
@@ -258,15 +262,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
-    """(warmup call times, timed call times) in seconds."""
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
+           min_time_s: float = MIN_TIMED_S) -> tuple[list[float], list[float]]:
+    """(warmup call times, timed call times) in seconds.
+
+    At least ``repeats`` timed calls, and more (up to ``MAX_TIMED_CALLS``) until they add up to ``min_time_s``:
+    a millisecond cell is the median of hundreds of calls, not of a handful that one scheduler hiccup can move.
+    """
     first, times = [], []
-    for i in range(warmup + repeats):
+    for _ in range(warmup):
         _sync(device)
         t0 = time.perf_counter()
         fn()
         _sync(device)
-        (first if i < warmup else times).append(time.perf_counter() - t0)
+        first.append(time.perf_counter() - t0)
+    while len(times) < repeats or (sum(times) < min_time_s and len(times) < MAX_TIMED_CALLS):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
     return first, times
 
 
@@ -305,7 +320,7 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
                     torch.mm(xb, codes.t(), out=out[:xb.shape[0]])
 
             note = f"torch.mm in row blocks of {rows} (output <= {MATMUL_BLOCK_BYTES // 2**20} MiB)"
-        _, times = _timed(fn, device, cell.repeats, cell.warmup)
+        _, times = _timed(fn, device, cell.repeats, cell.warmup, cell.min_time_s)
         median = statistics.median(times)
         return {"status": "ok", "time_ms": 1e3 * median, "gflops": 2.0 * n * k * d / median / 1e9, "note": note,
                 "codebook_size": k}
@@ -325,7 +340,7 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
             total = total + loss
         total.backward()
 
-    first, times = _timed(step, device, cell.repeats, cell.warmup)
+    first, times = _timed(step, device, cell.repeats, cell.warmup, cell.min_time_s)
     median = statistics.median(times)
     note = ""
     if first and first[0] > 2 * median and first[0] - median > 0.05:
@@ -412,7 +427,7 @@ def measure_cell(cell: Cell, device: torch.device, memory_cap_bytes: int | None 
 def _prewarm(cell: Cell, device: torch.device) -> None:
     """Run a tiny version of ``cell`` once so that lazily loaded code and thread pools are not counted as its memory."""
     tiny = Cell(cell.implementation, cell.method, min(cell.codebook_size, 64), min(cell.dim, 8), min(cell.n, 64),
-                cell.measure, repeats=1, warmup=0)
+                cell.measure, repeats=1, warmup=0, min_time_s=0.0)
     try:
         _run_cell(tiny, device)
     except Exception:  # the real cell reports the failure
@@ -469,18 +484,19 @@ def measure_cell_isolated(cell: Cell, device: str, memory_cap_bytes: int | None,
 # -- planning, running, storing ------------------------------------------------------------------------------------
 def plan_cells(methods: Sequence[str] = MAIN_METHODS, sizes: Sequence[int] = SIZES, dims: Sequence[int] = DIMS,
                n: int = N_VECTORS, repeats: int = DEFAULT_REPEATS, warmup: int = 1, compare: bool = True,
-               search: bool = True) -> list[Cell]:
+               search: bool = True, min_time_s: float = MIN_TIMED_S) -> list[Cell]:
     """All cells, smallest K first (so a deadline cuts the largest ones)."""
     cells = []
+    timing = dict(repeats=repeats, warmup=warmup, min_time_s=min_time_s)
     for k in sizes:
         for d in dims:
             if search:
-                cells.append(Cell("vqbench", "nearest_code", k, d, n, "nearest_code_search", repeats, warmup))
-                cells.append(Cell("torch.mm", "matmul", k, d, n, "matmul", repeats, warmup))
+                cells.append(Cell("vqbench", "nearest_code", k, d, n, "nearest_code_search", **timing))
+                cells.append(Cell("torch.mm", "matmul", k, d, n, "matmul", **timing))
             for method in methods:
-                cells.append(Cell("vqbench", method, k, d, n, "forward_backward", repeats, warmup))
+                cells.append(Cell("vqbench", method, k, d, n, "forward_backward", **timing))
                 if compare:
-                    cells.append(Cell(VQP, method, k, d, n, "forward_backward", repeats, warmup))
+                    cells.append(Cell(VQP, method, k, d, n, "forward_backward", **timing))
     return cells
 
 
@@ -538,7 +554,7 @@ def annotate_ratios(rows: list[dict[str, Any]]) -> None:
 def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str] = MAIN_METHODS,
              sizes: Sequence[int] = SIZES, dims: Sequence[int] = DIMS, n: int = N_VECTORS,
              repeats: int = DEFAULT_REPEATS, device: str = "auto", compare: bool = True, search: bool = True, *,
-             warmup: int = 1, memory_cap_gib: float | None = DEFAULT_MEMORY_CAP_GIB,
+             warmup: int = 1, min_time_s: float = MIN_TIMED_S, memory_cap_gib: float | None = DEFAULT_MEMORY_CAP_GIB,
              cell_timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S, isolate: bool | None = None,
              cells: Iterable[Cell] | None = None, deadline: float | None = None, perf_id: str | None = None,
              rows: list[dict[str, Any]] | None = None, log: Callable[[str], None] | None = print) -> str:
@@ -557,7 +573,8 @@ def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str]
     perf_id = perf_id or new_perf_id()
     store = ResultStore(results)
     label, vers = device_label(dev), versions()
-    todo = list(cells) if cells is not None else plan_cells(methods, sizes, dims, n, repeats, warmup, compare, search)
+    todo = list(cells) if cells is not None else plan_cells(methods, sizes, dims, n, repeats, warmup, compare, search,
+                                                                       min_time_s)
     rows = [] if rows is None else rows
     for i, cell in enumerate(todo):
         if deadline is not None and time.monotonic() > deadline:
@@ -668,6 +685,9 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=N_VECTORS, help=f"input vectors per call (default: {N_VECTORS})")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per cell (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--min-time", type=float, default=MIN_TIMED_S,
+                        help=f"seconds of timed calls per cell at least: short cells repeat more than --repeats "
+                             f"times (default: {MIN_TIMED_S})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--memory-cap-gib", type=float, default=DEFAULT_MEMORY_CAP_GIB,
                         help="cells predicted to need more are recorded as out_of_memory without trying")
@@ -686,11 +706,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.errors import UserError
     from bench.store import load_perf
 
-    if args.n < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes + args.dims, default=0) < 1:
-        raise UserError("--n, --repeats, --sizes and --dims must be positive (--warmup >= 0)")
+    if (args.n < 1 or args.repeats < 1 or args.warmup < 0 or args.min_time < 0
+            or min(args.sizes + args.dims, default=0) < 1):
+        raise UserError("--n, --repeats, --sizes and --dims must be positive (--warmup and --min-time >= 0)")
     perf_id = run_perf(args.results, args.methods, args.sizes, args.dims, args.n, args.repeats, args.device,
-                       args.compare, args.search, warmup=args.warmup, memory_cap_gib=args.memory_cap_gib,
-                       cell_timeout_s=args.cell_timeout, isolate=args.isolate)
+                       args.compare, args.search, warmup=args.warmup, min_time_s=args.min_time,
+                       memory_cap_gib=args.memory_cap_gib, cell_timeout_s=args.cell_timeout, isolate=args.isolate)
     rows = load_perf(args.results)
     print(summary_text(rows[rows["perf_id"] == perf_id]))
     print(f"perf {perf_id}: rows in {args.results}/perf/{perf_id}.parquet")

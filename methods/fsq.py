@@ -56,9 +56,19 @@ def recommended_levels(codebook_size: int) -> list[int]:
     return [best[1]] * best[2]
 
 
-def ste(x: Tensor, value: Tensor) -> Tensor:
-    """Forward ``value`` exactly, gradient identity to ``x``."""
-    return value.detach() + (x - x.detach())
+class RoundSTE(torch.autograd.Function):
+    """``round(x)`` forward, identity gradient backward (the straight-through estimator of FSQ eq. 1).
+
+    One autograd node instead of ``x + (round(x) - x).detach()``'s three elementwise ops.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        return x.round()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        return grad
 
 
 @register_method("fsq", version=1, paper="2309.15505", family="implicit",
@@ -95,8 +105,12 @@ class FSQuantizer(Quantizer):
         self.register_buffer("_half_width", torch.tensor([L // 2 for L in self.levels], dtype=torch.float32),
                              persistent=False)
         self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.long), persistent=False)
+        self.register_buffer("_max_digit", torch.tensor(self.levels, dtype=torch.float32) - 1, persistent=False)
         basis = [math.prod(self.levels[:i]) for i in range(d)]
         self.register_buffer("_basis", torch.tensor(basis, dtype=torch.long), persistent=False)
+        # float32 represents every index exactly below 2^24: one small matmul computes the mixed-radix index
+        self._float_index = self.codebook_size <= 2**24
+        self.register_buffer("_basis_float", torch.tensor(basis, dtype=torch.float32), persistent=False)
         self.project_in: nn.Module = nn.Linear(dim, d) if dim != d else nn.Identity()
         self.project_out: nn.Module = nn.Linear(d, dim) if dim != d else nn.Identity()
 
@@ -104,14 +118,17 @@ class FSQuantizer(Quantizer):
         return torch.tanh(u + self._shift) * self._half_l - self._offset
 
     def quantize(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Codes in ``[-1, 1]^d`` (straight-through) and their level digits for ``u`` (..., d)."""
-        bounded = self.bound(u.float())
-        rounded = bounded.round()
-        digits = (rounded + self._half_width).long().clamp_(min=0).minimum(self._levels - 1)
-        return ste(bounded, rounded) / self._half_width, digits
-
-    def digits_to_index(self, digits: Tensor) -> Tensor:
-        return (digits * self._basis).sum(dim=-1)
+        """Codes in ``[-1, 1]^d`` (straight-through) and their indices for ``u`` (..., d)."""
+        rounded = RoundSTE.apply(self.bound(u.float()))
+        with torch.no_grad():
+            # level digits a_i in [0, L_i) (clamped: the atanh bound can reach L_i at very large L_i)
+            digits = torch.clamp(rounded + self._half_width, min=torch.zeros_like(self._max_digit), max=self._max_digit)
+            if self._float_index:
+                indices = (digits @ self._basis_float).long()
+            else:
+                indices = (digits.long() * self._basis).sum(dim=-1)
+            indices.clamp_(0, self.codebook_size - 1)  # a NaN input gives index 0, never an out-of-range index
+        return rounded / self._half_width, indices
 
     def index_to_codes(self, indices: Tensor) -> Tensor:
         """Codes in ``[-1, 1]^d`` (before ``project_out``) for indices (...)."""
@@ -128,6 +145,5 @@ class FSQuantizer(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizeOutput:
         check_last_dim(z, self.dim)
-        codes, digits = self.quantize(self.project_in(z))
-        z_q = self.project_out(codes)
-        return QuantizeOutput(z_q, self.digits_to_index(digits), z.new_zeros(()), {})
+        codes, indices = self.quantize(self.project_in(z))
+        return QuantizeOutput(self.project_out(codes), indices, z.new_zeros(()), {})

@@ -25,19 +25,19 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from bench.registry import register_method
-from methods.base import SEARCH_CHUNK_ELEMENTS, QuantizeOutput, Quantizer, check_last_dim, data_relative_codes
+from methods.base import (
+    SEARCH_CHUNK_ELEMENTS,
+    QuantizeOutput,
+    Quantizer,
+    blocked_argmin,
+    check_last_dim,
+    data_relative_codes,
+)
 
 
-@torch.no_grad()
-def max_inner_product(x: Tensor, codes: Tensor, *, chunk_elements: int = SEARCH_CHUNK_ELEMENTS) -> Tensor:
-    """``argmax_k x_i . c_k`` for each row of ``x`` (N, d) over ``codes`` (K, d), in bounded row chunks."""
-    x, codes = x.detach(), codes.detach().to(x.dtype)
-    n, k = x.shape[0], codes.shape[0]
-    out = torch.empty(n, dtype=torch.long, device=x.device)
-    rows = max(1, min(n, chunk_elements // max(k, 1)))
-    for start in range(0, n, rows):
-        out[start:start + rows] = (x[start:start + rows] @ codes.t()).argmax(dim=1)
-    return out
+def max_inner_product(x: Tensor, codes: Tensor, *, block: tuple[int, int] | None = None) -> Tensor:
+    """``argmax_k x_i . c_k`` for each row of ``x`` (N, d) over ``codes`` (K, d), in bounded blocks."""
+    return blocked_argmin(x, codes, None, -1.0, block)
 
 
 def _row_chunks(n: int, k: int) -> list[tuple[int, int]]:

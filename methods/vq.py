@@ -364,13 +364,15 @@ class VectorQuantizer(Quantizer):
         counts = torch.bincount(indices, minlength=k).to(x.dtype)
         self.train_forwards += 1
         if self.ema:
-            sums = torch.zeros(k, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, indices, x)
+            # in place: s <- decay s + (1 - decay) sum_{i: k_i = k} x_i, then C <- s / smoothed count (no K x d
+            # temporaries: at K = 2^20, dim 256 each copy is 1 GiB)
             self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
-            self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+            self.ema_sum.mul_(self.ema_decay).index_add_(0, indices, x, alpha=1 - self.ema_decay)
             total = self.ema_count.sum()
             smoothed = (self.ema_count + self.ema_eps) / (total + k * self.ema_eps) * total
-            codes = self.ema_sum / smoothed.unsqueeze(1)
-            self.embedding.data.copy_(unit_rows(codes) if self.l2_normalize else codes)
+            codes = torch.div(self.ema_sum, smoothed.unsqueeze(1), out=self.embedding.data)
+            if self.l2_normalize:
+                codes.div_(codes.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS))
         if self.restart:
             self.usage.mul_(self.restart_decay).add_(counts, alpha=1 - self.restart_decay)
             dead = torch.zeros(k, dtype=torch.bool, device=x.device)
@@ -393,6 +395,15 @@ class VectorQuantizer(Quantizer):
             stats["restarted"] = torch.tensor(float(n_dead))
         return stats
 
+    def _graph_reads_codebook(self) -> bool:
+        """Whether backward reads the codebook's values (and so needs a copy before the in-place updates).
+
+        The lookup ``codes[indices]`` saves only the indices; the orthogonality penalty, the soft-assignment
+        entropy (recomputed chunk by chunk in backward) and the l2 normalisation of a learnable codebook save the
+        codes themselves.
+        """
+        return self.orthoreg_weight > 0 or self.entropy_weight > 0 or (self.l2_normalize and not self.ema)
+
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, z: Tensor) -> QuantizeOutput:
         check_last_dim(z, self.dim)
@@ -407,8 +418,8 @@ class VectorQuantizer(Quantizer):
         if training:
             self._lazy_init(flat, x.detach())
         weight = self.embedding
-        if training and (self.ema or self.restart):
-            # the updates below rewrite the codebook in place: the graph must hold a copy, not the parameter
+        if training and (self.ema or self.restart) and self._graph_reads_codebook():
+            # the updates below rewrite the codebook in place: a graph that saved it must hold a copy
             weight = weight.clone()
         codes_all = self._lookup_codes(weight)
         indices = nearest_code(x, codes_all)

@@ -17,7 +17,8 @@ from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to as vqpt_ro
 from bench.registry import METHODS, create_method
 from bench.runner import make_spec, run
 from bench.store import ResultStore
-from methods.base import data_relative_codes
+from methods.base import blocked_argmin, data_relative_codes, nearest_code, search_block
+from methods.ibq import max_inner_product
 from methods.vq import (
     VectorQuantizer,
     kmeans,
@@ -39,6 +40,61 @@ def gmm_latents(n: int, dim: int, modes: int, seed: int, spread: float = 4.0) ->
 
 def naive_nearest(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x.double(), codes.double()).argmin(dim=1)
+
+
+# -- nearest-code search -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("block", [None, (1, 1), (3, 5), (7, 16), (64, 3), (1000, 1000)])
+def test_blocked_search_equals_brute_force_for_any_block_shape(block):
+    g = torch.Generator().manual_seed(3)
+    x, codes = torch.randn(37, 6, generator=g), torch.randn(23, 6, generator=g)
+    assert torch.equal(nearest_code(x, codes, block=block), naive_nearest(x, codes))
+    assert torch.equal(max_inner_product(x, codes, block=block), (x.double() @ codes.double().t()).argmax(dim=1))
+
+
+def test_blocked_search_breaks_ties_to_the_lowest_index_across_blocks():
+    codes = torch.tensor([[5.0, 5.0], [1.0, 0.0], [0.0, 3.0], [1.0, 0.0], [1.0, 0.0]])  # codes 1, 3, 4 identical
+    x = torch.tensor([[1.0, 0.1], [0.9, -0.2]])
+    for block in [(1, 1), (2, 2), (1, 3), (2, 5)]:
+        assert nearest_code(x, codes, block=block).tolist() == [1, 1]
+    dots = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    query, bias = torch.tensor([[2.0, 1.0]]), torch.tensor([9.0, 0, 0, 0])
+    for block in [(1, 1), (1, 2), (1, 4)]:
+        assert max_inner_product(query, dots, block=block).tolist() == [0]
+        assert blocked_argmin(query, dots, bias, -1.0, block).tolist() == [2]
+    assert nearest_code(x[:0], codes).shape == (0,)
+
+
+def test_search_blocks_are_cache_sized_on_cpu_and_never_hold_n_by_k():
+    rows, width = search_block(torch.device("cpu"), 16384, 2**20)
+    assert rows * width <= 2**20 and width <= 2**20
+    assert search_block(torch.device("cpu"), 5, 3) == (5, 3)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("vq-ema", {}), ("vq-restart", {"restart_threshold": 1e9}), ("vq-ema", {"restart": True, "restart_threshold": 1e9}),
+    ("vq-l2", {"restart": True, "restart_threshold": 1e9}), ("vq-l2", {"ema": True}),
+    ("vq-restart", {"restart_threshold": 1e9, "entropy_weight": 0.1}), ("vq-ema", {"entropy_weight": 0.1}),
+    ("vq-restart", {"restart_threshold": 1e9, "orthoreg_weight": 0.5}), ("vq-rotation", {"ema": True})])
+def test_in_place_codebook_updates_leave_this_steps_gradients_as_without_them(name, overrides):
+    """EMA / restart rewrite the codebook in place after the lookup; the step's gradients must not see it."""
+    torch.manual_seed(0)
+    updated = create_method(name, dim=6, codebook_size=16, **overrides).train()
+    frozen = create_method(name, dim=6, codebook_size=16, **overrides).train()
+    frozen.load_state_dict(updated.state_dict())
+    frozen._update_state = lambda x, indices: {}  # the same forward with no state update
+    z = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    upstream = torch.randn(64, 6, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for module in (updated, frozen):
+        torch.manual_seed(3)
+        zz = z.clone().requires_grad_(True)
+        out = module(zz)
+        (out.loss + (out.z_q * upstream).sum()).backward()
+        grads.append((zz.grad, [p.grad for p in module.parameters() if p.requires_grad]))
+    assert not torch.equal(updated.embedding, frozen.embedding)  # the update did happen
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # -- registry -----------------------------------------------------------------------------------------------------

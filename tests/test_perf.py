@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 
 import pandas as pd
 import pytest
+import torch
 
 from bench import perf
 from bench.perf import VQP, Cell
@@ -22,7 +24,7 @@ GIB = 2**30
 def table(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("perf")
     perf_id = perf.run_perf(root, methods=["vq", "fsq", "no-such-method"], sizes=[64], dims=[4], n=32, repeats=1,
-                            device="cpu", isolate=False, log=None)
+                            device="cpu", isolate=False, log=None, min_time_s=0.0)
     rows = load_perf(root)
     assert set(rows["perf_id"]) == {perf_id}
     return rows
@@ -108,7 +110,6 @@ def test_cell_over_the_memory_cap_is_refused_without_trying(monkeypatch):
         raise AssertionError("a refused cell must not be run")
 
     monkeypatch.setattr(perf, "_run_cell", boom)
-    import torch
 
     cell = Cell(VQP, "vq", 1048576, 256, 16384, "forward_backward")
     result = perf.measure_cell(cell, torch.device("cpu"), 20 * GIB)
@@ -130,7 +131,6 @@ def test_predictions_bounded_search_vs_one_hot():
     ("some other failure", "error"),
 ])
 def test_failures_become_status_rows(monkeypatch, message, status):
-    import torch
 
     def fail(cell, device):
         raise RuntimeError(message)
@@ -143,7 +143,7 @@ def test_failures_become_status_rows(monkeypatch, message, status):
 
 def test_isolated_worker_sees_torch_allocations_and_times_out():
     n, k = 512, 4096
-    cell = Cell(VQP, "vq", k, 8, n, "forward_backward", repeats=1)
+    cell = Cell(VQP, "vq", k, 8, n, "forward_backward", repeats=1, min_time_s=0.0)
     result = perf.measure_cell_isolated(cell, "cpu", GIB, timeout_s=300)
     assert result["status"] == "ok", result
     assert result["time_ms"] > 0
@@ -193,3 +193,15 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     table = rows[rows["measure"] != "train_step"]
     assert set(table["status"]) == {"ok", "unsupported"}
     assert (tmp_path / "summary.txt").read_text().startswith("python -m bench.gpu_check --out")
+
+
+def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_times():
+    calls = []
+    call = lambda: (calls.append(1), time.sleep(0.001))
+    first, times = perf._timed(call, torch.device("cpu"), repeats=3, warmup=2, min_time_s=0.05)
+    assert len(first) == 2 and 3 < len(times) < perf.MAX_TIMED_CALLS and sum(times) >= 0.05
+    assert len(calls) == len(first) + len(times)
+    _, times = perf._timed(lambda: time.sleep(0.01), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.0)
+    assert len(times) == 3
+    _, times = perf._timed(lambda: None, torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
+    assert len(times) == perf.MAX_TIMED_CALLS
