@@ -13,11 +13,12 @@ writes, under the results folder ``DIR`` (``bench.store`` layout, readable with 
    ``unsupported`` row: its k-means++ seeding takes K sequential steps (minutes at K = 2^20).
 2. ``perf/<id>-train.parquet``: ``measure="train_step"`` rows: the runner's training speed on every registered
    image reconstruction task (``kind="reconstruction"``) at its ``paper`` budget's batch size, for ``vq`` and
-   ``simvq``. Each is two short runs of ``bench.runner.run`` (``--image-steps`` A and B steps, in a temporary
-   results folder, so nothing enters the leaderboard) and the rate is the marginal one,
-   ``(B - A) * batch / (train_time_B - train_time_A)`` images/s, which cancels start-up costs (cuDNN autotuning,
-   first-call compilation). A task that cannot run here (no data on this machine, not registered) is printed with
-   the reason and recorded as ``unsupported``.
+   ``simvq``. After one discarded warm-up run of A steps (first-call kernels, cuDNN plans, the memory pool), two
+   short runs of ``bench.runner.run`` (``--image-steps`` A and B steps, in a temporary results folder, so nothing
+   enters the leaderboard) give the marginal rate ``(B - A) * batch / (train_time_B - train_time_A)`` images/s,
+   which cancels the per-run costs both share (model build, data setup). The runner's training time synchronises
+   the GPU at each log window, so queued work is counted. A task that cannot run here (no data on this machine,
+   not registered) is printed with the reason and recorded as ``unsupported``.
 3. ``summary.txt``: the ratio and search tables (also printed).
 
 ``--device cpu`` with small ``--sizes/--dims/--n`` runs the same code on a CPU (the tests do).
@@ -107,17 +108,17 @@ def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> d
     measured = []
     peak = 0.0
     with tempfile.TemporaryDirectory(prefix="vqbench-gpu-check-") as tmp:
-        for s in steps:
+        for i, s in enumerate((steps[0], *steps)):  # the first run only warms up (kernels, cuDNN plans, caches)
             budget = paper.with_overrides(steps=s, eval_interval=s, warmup_steps=min(paper.warmup_steps, s // 2))
             try:
                 spec = make_spec(task, method, budget=budget, tags=("gpu_check",))
                 base["codebook_size"] = int(spec.task_params.get("codebook_size") or 0)
                 base["dim"] = int(spec.task_params.get("latent_dim") or 0)
                 if torch.cuda.is_available() and device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
+                    torch.cuda.reset_peak_memory_stats(device)
                 result = run(spec, tmp, force=True, device=device, progress=False)
                 if torch.cuda.is_available() and device.startswith("cuda"):
-                    peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+                    peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
             except UserError as exc:
                 return {**base, "status": "unsupported", "note": f"task={task}: {exc}"}
             if result.status != "ok":
@@ -127,7 +128,8 @@ def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> d
             if not row["items_per_s"] or row["items_per_s"] <= 0:
                 return {**base, "status": "error", "note": f"task={task}: the runner measured no training time"}
             items = int(row["steps_done"]) * paper.batch_size
-            measured.append((int(row["steps_done"]), items / float(row["items_per_s"])))
+            if i > 0:
+                measured.append((int(row["steps_done"]), items / float(row["items_per_s"])))
     (s1, t1), (s2, t2) = measured
     if t2 <= t1:
         return {**base, "status": "error", "note": f"task={task}: non-increasing train time ({t1:.3f} s, {t2:.3f} s)"}

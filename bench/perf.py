@@ -584,6 +584,7 @@ def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str]
         if isolate:
             result = measure_cell_isolated(cell, str(dev), cap, cell_timeout_s)
         else:
+            _prewarm(cell, dev)  # lazily created kernels and library workspaces are not this cell's memory
             result = measure_cell(cell, dev, cap, cpu_memory=False)
         row = {"perf_id": perf_id, "created_at": datetime.now(timezone.utc), "device": label,
                "implementation": cell.implementation, "method": cell.method,

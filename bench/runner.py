@@ -183,11 +183,12 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # generator states are CPU byte tensors whatever device the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -274,7 +275,8 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
         except Exception as exc:
             raise UserError(f"cannot build run {run_id} ({spec.task} x {spec.method}): "
                             f"{type(exc).__name__}: {exc}") from exc
-        checkpoint = torch.load(ckpt_path, map_location=dev, weights_only=False) \
+        # loaded on the CPU: load_state_dict moves model and optimizer state to their parameters' devices
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False) \
             if resume and ckpt_path.exists() else None
         if checkpoint is not None:
             state.update(checkpoint["state"])
@@ -302,7 +304,7 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
                     scheduler.load_state_dict(checkpoint["scheduler"])
                 _set_rng_state(checkpoint["rng"])
                 start = checkpoint["state"]["step"]
-                running = checkpoint.get("running", {})
+                running = {name: [v.to(dev) for v in values] for name, values in checkpoint.get("running", {}).items()}
                 checkpoint = None
             offset = state["offset"]
             eval_interval = spec.budget.eval_interval
@@ -356,13 +358,16 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
                 running.setdefault("loss", []).append(loss.detach().float())
                 for name, value in logs.items():
                     running.setdefault(name, []).append(torch.as_tensor(value).detach().float().reshape(()))
-                state["train_time"] += time.perf_counter() - t0
-                state["items"] += stage.items_per_batch
-                steps_this_call += 1
                 done = step + 1
                 boundary_eval = done % eval_interval == 0 or done == steps
                 boundary_ckpt = done % ckpt_interval == 0 and done < steps
-                if done % log_interval == 0 or boundary_eval or boundary_ckpt:
+                window_end = done % log_interval == 0 or boundary_eval or boundary_ckpt
+                if window_end and dev.type == "cuda":
+                    torch.cuda.synchronize(dev)  # the window's queued GPU work counts as training time
+                state["train_time"] += time.perf_counter() - t0
+                state["items"] += stage.items_per_batch
+                steps_this_call += 1
+                if window_end:
                     means = check_window(running, done, stage.name)  # raises Diverged
                     if done % log_interval == 0 or done == steps:
                         for name, value in sorted(means.items()):

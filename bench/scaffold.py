@@ -64,14 +64,16 @@ class {cls}(Quantizer):
         return self.codes
 
     def forward(self, z: Tensor) -> QuantizeOutput:
-        flat = z.reshape(-1, self.dim)
-        # YOUR METHOD: the assignment rule (nearest_code never builds the full N x K distance matrix)
-        indices = nearest_code(flat, self.codebook())
-        codes = self.codebook()[indices]
-        # YOUR METHOD: the auxiliary loss, already weighted
-        loss = F.mse_loss(codes, flat.detach()) + self.beta * F.mse_loss(flat, codes.detach())
-        # YOUR METHOD: the gradient path from z_q to z (straight-through here)
-        z_q = straight_through(flat, codes).reshape(z.shape)
+        # the search and the losses in float32: on a GPU the runner trains under bf16 autocast
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.reshape(-1, self.dim).float()
+            # YOUR METHOD: the assignment rule (nearest_code never builds the full N x K distance matrix)
+            indices = nearest_code(flat, self.codebook())
+            codes = self.codebook()[indices]
+            # YOUR METHOD: the auxiliary loss, already weighted
+            loss = F.mse_loss(codes, flat.detach()) + self.beta * F.mse_loss(flat, codes.detach())
+            # YOUR METHOD: the gradient path from z_q to z (straight-through here)
+            z_q = straight_through(flat, codes).reshape(z.shape).to(z.dtype)
         return QuantizeOutput(z_q, indices.reshape(z.shape[:-1]), loss, {{}})
 
     def on_step(self, step: int, total_steps: int) -> None:

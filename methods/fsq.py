@@ -123,8 +123,8 @@ class FSQuantizer(Quantizer):
         with torch.no_grad():
             # level digits a_i in [0, L_i) (clamped: the atanh bound can reach L_i at very large L_i)
             digits = torch.clamp(rounded + self._half_width, min=torch.zeros_like(self._max_digit), max=self._max_digit)
-            if self._float_index:
-                indices = (digits @ self._basis_float).long()
+            if self._float_index:  # elementwise, not a matmul: autocast would run a matmul in bf16 (inexact > 256)
+                indices = (digits * self._basis_float).sum(dim=-1).long()
             else:
                 indices = (digits.long() * self._basis).sum(dim=-1)
             indices.clamp_(0, self.codebook_size - 1)  # a NaN input gives index 0, never an out-of-range index

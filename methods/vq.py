@@ -468,7 +468,7 @@ class VectorQuantizer(Quantizer):
 
 
 # -- presets: one registered name per mechanism, each with its defaults ----------------------------------------
-register_method("vq-ema", version=1, paper="1711.00937", family="vq",
+register_method("vq-ema", version=2, paper="1711.00937", family="vq",
                 description="VQ-VAE with an EMA codebook (cluster sizes/sums, decay 0.99, Laplace eps 1e-5); "
                             "loss = beta*commitment only",
                 beta=0.25, ema=True, ema_decay=0.99, ema_eps=1e-5)(VectorQuantizer)

@@ -387,3 +387,13 @@ def test_resumed_run_matches_uninterrupted(tmp_path, name):
               .reset_index(drop=True) for d in ("ref", "res")]
     assert "q/tau" in set(frames[0].metric)
     pd.testing.assert_frame_equal(*frames)
+
+
+def test_fsq_indices_are_exact_under_bf16_autocast():
+    """The runner trains under bf16 autocast on GPUs; the mixed-radix index must not go through a bf16 matmul."""
+    q = FSQuantizer(4, 0, levels=[8, 5, 5, 5])  # K = 1000: indices above 256 are not exact in bf16; no projection
+    z = torch.randn(4096, 4, generator=torch.Generator().manual_seed(0)) * 3
+    exact = q(z).indices
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(q(z).indices, exact)
+    assert exact.max() > 256
