@@ -268,7 +268,8 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
             task.setup(dev, spec.seed)
             bank = task.feature_bank()
             if bank is not None and hasattr(quantizer, "init_from_feature_bank"):
-                quantizer.init_from_feature_bank(bank)
+                quantizer.to(dev)  # the k-means over the bank runs on the run's device
+                quantizer.init_from_feature_bank(bank.to(dev))
             stages = task.stages(quantizer, spec.budget)
         except UserError:
             raise
