@@ -45,19 +45,26 @@ def check_window(running: dict[str, list[torch.Tensor]], done: int, stage: str) 
     A step is bad when its loss is non-finite or above :data:`DIVERGENCE_LOSS`, or its gradient norm is
     non-finite. Checking once per window keeps the loop free of per-step host synchronisation.
     """
-    losses = torch.stack(running["loss"]).double().cpu()
+    losses = _stack(running["loss"]).double().cpu()
     first = done - len(losses)
     bad = ~torch.isfinite(losses) | (losses.abs() > DIVERGENCE_LOSS)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise Diverged(f"loss became {float(losses[i]):.4g} at step {first + i} of stage {stage}")
     if "grad_norm" in running:
-        norms = torch.stack(running["grad_norm"]).double().cpu()
+        norms = _stack(running["grad_norm"]).double().cpu()
         bad = ~torch.isfinite(norms)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
             raise Diverged(f"gradient norm became {float(norms[i]):.4g} at step {first + i} of stage {stage}")
-    return {name: float(torch.stack(values).double().mean()) for name, values in running.items()}
+    return {name: float(_stack(values).double().mean()) for name, values in running.items()}
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """Stack logged scalars; a window may mix devices (CPU stats, GPU losses, values restored from a checkpoint)."""
+    if any(v.device != values[0].device for v in values):
+        values = [v.cpu() for v in values]
+    return torch.stack(values)
 
 
 @dataclass
@@ -305,7 +312,7 @@ def run(spec: RunSpec, results: str | os.PathLike[str] = "results", *, force: bo
                     scheduler.load_state_dict(checkpoint["scheduler"])
                 _set_rng_state(checkpoint["rng"])
                 start = checkpoint["state"]["step"]
-                running = {name: [v.to(dev) for v in values] for name, values in checkpoint.get("running", {}).items()}
+                running = checkpoint.get("running", {})
                 checkpoint = None
             offset = state["offset"]
             eval_interval = spec.budget.eval_interval
