@@ -99,7 +99,9 @@ def kmeans(x: Tensor, k: int, iters: int = 10, seeding: str = "kmeans++", spheri
 
     ``seeding="kmeans++"``: first centre uniform, each next one drawn with probability proportional to the squared
     distance to the nearest centre so far (Arthur & Vassilvitskii 2007; O(k N d) time, sequential in k: use
-    ``"random"`` for very large k). ``"random"``: k distinct rows (with replacement when N < k). Lloyd: assign to
+    ``"random"`` for very large k). Once every distinct row is a centre (k >= N) the remaining centres are uniform
+    rows, drawn at once (the same RNG stream as one at a time), so the sequential part is at most N steps.
+    ``"random"``: k distinct rows (with replacement when N < k). Lloyd: assign to
     the nearest centre (chunked search), move each non-empty cluster's centre to its mean (l2-normalised if
     ``spherical``); an empty cluster keeps its centre. Randomness from torch's global RNG.
     """
@@ -117,7 +119,12 @@ def kmeans(x: Tensor, k: int, iters: int = 10, seeding: str = "kmeans++", spheri
         d2 = (x - x[first]).pow(2).sum(dim=1)
         for i in range(1, k):
             total = float(d2.sum())
-            j = int(torch.multinomial(d2, 1)) if total > 0 and math.isfinite(total) else int(torch.randint(n, ()))
+            if total == 0.0 or math.isnan(total):
+                # every distinct row is a centre (K >= N) or the distances are NaN: d2 can no longer change, so each
+                # remaining centre is a uniform row; one draw of K - i indices = the same RNG stream as K - i draws
+                centres[i:] = x[torch.randint(n, (k - i,)).to(x.device)]
+                break
+            j = int(torch.multinomial(d2, 1)) if math.isfinite(total) else int(torch.randint(n, ()))
             centres[i] = x[j]
             d2 = torch.minimum(d2, (x - x[j]).pow(2).sum(dim=1))
     else:

@@ -653,3 +653,29 @@ def test_resumed_run_matches_uninterrupted(tmp_path, name, params):
         return ResultStore(root).load_metrics("gmm").sort_values(["split", "step", "metric"]).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(metrics(tmp_path / "ref"), metrics(tmp_path / "res"))
+
+
+def _reference_kmeans_pp_seeding(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k-means++ seeding one centre at a time, no shortcut (the definition)."""
+    n = x.shape[0]
+    centres = torch.empty(k, x.shape[1])
+    first = int(torch.randint(n, ()))
+    centres[0] = x[first]
+    d2 = (x - x[first]).pow(2).sum(dim=1)
+    for i in range(1, k):
+        total = float(d2.sum())
+        j = int(torch.multinomial(d2, 1)) if total > 0 and math.isfinite(total) else int(torch.randint(n, ()))
+        centres[i] = x[j]
+        d2 = torch.minimum(d2, (x - x[j]).pow(2).sum(dim=1))
+    return centres
+
+
+@pytest.mark.parametrize("n,k", [(40, 300), (25, 25), (300, 64)])
+def test_kmeans_pp_seeding_with_more_codes_than_rows_is_the_same_draw_as_one_at_a_time(n, k):
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    x[:6] = x[6]  # duplicated rows: their distance is 0 once one of them is a centre
+    torch.manual_seed(1)
+    expected, after = _reference_kmeans_pp_seeding(x, k), torch.rand(())
+    torch.manual_seed(1)
+    assert torch.equal(kmeans(x, k, iters=0), expected)
+    assert torch.equal(torch.rand(()), after)  # the global RNG stream continues identically

@@ -176,8 +176,9 @@ def test_cli_arguments_parse():
 def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     from bench import gpu_check
 
-    assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 262144, 8, 16384, "forward_backward"))
-    assert gpu_check.skipped(Cell(VQP, "vq-kmeans", 262144, 8, 16384, "forward_backward")) is None
+    assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 262144, 8, 131072, "forward_backward"))
+    assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 1048576, 8, 16384, "forward_backward")) is None  # N steps
+    assert gpu_check.skipped(Cell(VQP, "vq-kmeans", 262144, 8, 131072, "forward_backward")) is None
     code = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--sizes", "64", "--dims", "4", "--n", "32",
                            "--repeats", "1", "--methods", "vq,no-such-method", "--tasks", "gmm,no-such-task",
                            "--image-methods", "vq", "--image-steps", "2,4"])
