@@ -87,7 +87,7 @@ def blocked_argmin(x: Tensor, codes: Tensor, code_bias: Tensor | None, alpha: fl
     """``argmin_k (code_bias_k + alpha * x_i . c_k)`` for each row of ``x`` (N, d) over ``codes`` (K, d).
 
     Evaluated in blocks of ``block = (rows, codes)`` (default :func:`search_block`) written into one reused buffer,
-    with a running minimum over the code blocks: memory O(rows * codes + N * K / codes), never O(N K). Ties resolve
+    with a running minimum over the code blocks: memory O(rows * (codes + K / codes)), never O(N K). Ties resolve
     to the lowest index within a block and to the first block across blocks.
     """
     x = x.detach()
