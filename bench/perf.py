@@ -4,10 +4,12 @@ Three measures, one row each per cell (``bench.store.PERF_SCHEMA``, one Parquet 
 
 * ``forward_backward``: one training-mode forward of a quantizer on ``N`` random vectors ``z`` (N, dim) plus the
   backward of ``loss + sum(z_q * g)`` (``g`` a fixed random upstream gradient), for vqbench's registered method
-  and, in the same process on the same inputs, vector-quantize-pytorch's equivalent (:func:`vqp_equivalent`).
+  and, on the same inputs, vector-quantize-pytorch's equivalent (:func:`vqp_equivalent`).
   ``time_ms`` is the median over at least ``repeats`` timed calls (more for short cells, until they add up to
-  ``min_time_s``) after ``warmup`` untimed ones (the first call is in the
-  note when it is a one-off cost such as k-means initialisation). The vqbench row's note carries the ratio
+  ``min_time_s``) after ``warmup`` untimed ones (the first call is in the note when it is a one-off cost such as
+  k-means initialisation). A compared pair whose calls take at most ``INTERLEAVE_MAX_MS`` is then re-timed with
+  the two implementations' calls alternating in one process (:func:`time_interleaved`), so that both see the same
+  background load; the note keeps the time measured alone. The vqbench row's note carries the ratio
   ``time(vqbench) / time(vector-quantize-pytorch)`` and the same for memory (below 1: vqbench is better).
 * ``nearest_code_search``: :func:`methods.base.nearest_code` on (N, dim) x (K, dim); ``gflops`` is the achieved
   rate of its ``2 N K dim`` multiply-adds.
@@ -62,6 +64,7 @@ DEFAULT_REPEATS = 5
 DEFAULT_CELL_TIMEOUT_S = 900.0
 MIN_TIMED_S = 1.0  # short cells repeat until their timed calls add up to this (see _timed)
 MAX_TIMED_CALLS = 1000
+INTERLEAVE_MAX_MS = 2000.0  # compared pairs whose calls take at most this are re-timed interleaved (see _retime_pair)
 MATMUL_BLOCK_BYTES = 2**30  # the torch.mm reference works in row blocks whose output is at most this
 VQP = "vector-quantize-pytorch"
 GIB = 2**30
@@ -324,10 +327,25 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
         median = statistics.median(times)
         return {"status": "ok", "time_ms": 1e3 * median, "gflops": 2.0 * n * k * d / median / 1e9, "note": note,
                 "codebook_size": k}
+    step, true_k = _training_step(cell, device)
+    first, times = _timed(step, device, cell.repeats, cell.warmup, cell.min_time_s)
+    median = statistics.median(times)
+    note = ""
+    if first and first[0] > 2 * median and first[0] - median > 0.05:
+        note = f"first call {1e3 * first[0]:.0f} ms (one-off initialisation)"
+    return {"status": "ok", "time_ms": 1e3 * median, "gflops": None, "note": note, "codebook_size": true_k}
+
+
+def _training_step(cell: Cell, device: torch.device) -> tuple[Callable[[], None], int]:
+    """(one forward+backward of ``cell``'s quantizer on fixed random inputs, the quantizer's true K)."""
+    import torch
+
+    torch.manual_seed(0)
+    g = torch.Generator(device="cpu").manual_seed(1234)
     build = _build_vqbench if cell.implementation == "vqbench" else _build_vqp
-    module, call, true_k = build(cell.method, d, k)
+    module, call, true_k = build(cell.method, cell.dim, cell.codebook_size)
     module.to(device).train()
-    shape = (n, d) if cell.implementation == "vqbench" else (1, n, d)
+    shape = (cell.n, cell.dim) if cell.implementation == "vqbench" else (1, cell.n, cell.dim)
     z = torch.randn(shape, generator=g).to(device).requires_grad_(True)
     upstream = torch.randn(shape, generator=g).to(device)
 
@@ -340,12 +358,27 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
             total = total + loss
         total.backward()
 
-    first, times = _timed(step, device, cell.repeats, cell.warmup, cell.min_time_s)
-    median = statistics.median(times)
-    note = ""
-    if first and first[0] > 2 * median and first[0] - median > 0.05:
-        note = f"first call {1e3 * first[0]:.0f} ms (one-off initialisation)"
-    return {"status": "ok", "time_ms": 1e3 * median, "gflops": None, "note": note, "codebook_size": true_k}
+    return step, true_k
+
+
+def time_interleaved(cells: Sequence[Cell], device: torch.device) -> list[float]:
+    """Median ms per call of each cell's training step, the cells' calls alternating in this one process.
+
+    Every implementation sees the same background load (another job's memory traffic on a shared machine moves
+    a millisecond cell by tens of percent between two processes run one after the other), so the ratio of the
+    medians is what the comparison reports. Each cell gets its ``warmup`` calls first; then rounds of one call per
+    cell until every cell has ``repeats`` calls and the rounds add up to the cells' summed ``min_time_s``.
+    """
+    steps = [_training_step(cell, device)[0] for cell in cells]
+    for cell, step in zip(cells, steps):
+        _timed(step, device, 0, cell.warmup, 0.0)
+    times: list[list[float]] = [[] for _ in cells]
+    min_repeats, min_total = max(c.repeats for c in cells), sum(c.min_time_s for c in cells)
+    while len(times[0]) < min_repeats or (sum(map(sum, times)) < min_total and len(times[0]) < MAX_TIMED_CALLS):
+        for step, slot in zip(steps, times):
+            _, (elapsed,) = _timed(step, device, 1, 0, 0.0)
+            slot.append(elapsed)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def _resident_bytes() -> tuple[int, int, int]:
@@ -453,6 +486,14 @@ def _worker_main() -> int:
         if size:  # second guard: an underestimated cell fails to allocate instead of exhausting the machine
             limit = size + int(cap) + 2 * GIB
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if "interleave" in request:
+        cells = [Cell(**c) for c in request["interleave"]]
+        try:
+            result = {"status": "ok", "times_ms": time_interleaved(cells, device)}
+        except Exception as exc:
+            result = {"status": "error", "note": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(_RESULT_TAG + json.dumps(result), flush=True)
+        return 0
     cell = Cell(**request["cell"])
     _prewarm(cell, device)
     result = measure_cell(cell, device, cap)
@@ -460,10 +501,21 @@ def _worker_main() -> int:
     return 0
 
 
+def time_interleaved_isolated(cells: Sequence[Cell], device: str, memory_cap_bytes: int | None,
+                              timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S) -> dict[str, Any]:
+    """:func:`time_interleaved` in a fresh Python process: ``{"status", "times_ms" | "note"}``."""
+    request = {"interleave": [asdict(c) for c in cells], "device": device, "cap": memory_cap_bytes}
+    return _run_worker(request, cells[0], timeout_s)
+
+
 def measure_cell_isolated(cell: Cell, device: str, memory_cap_bytes: int | None,
                           timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S) -> dict[str, Any]:
     """:func:`measure_cell` in a fresh Python process (exact peak memory on CPU; a crash or kill is a row)."""
-    request = json.dumps({"cell": asdict(cell), "device": device, "cap": memory_cap_bytes})
+    return _run_worker({"cell": asdict(cell), "device": device, "cap": memory_cap_bytes}, cell, timeout_s)
+
+
+def _run_worker(request_data: dict[str, Any], cell: Cell, timeout_s: float | None) -> dict[str, Any]:
+    request = json.dumps(request_data)
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.perf", "--worker"], input=request, capture_output=True,
                               text=True, timeout=timeout_s)
@@ -557,12 +609,14 @@ def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str]
              warmup: int = 1, min_time_s: float = MIN_TIMED_S, memory_cap_gib: float | None = DEFAULT_MEMORY_CAP_GIB,
              cell_timeout_s: float | None = DEFAULT_CELL_TIMEOUT_S, isolate: bool | None = None,
              cells: Iterable[Cell] | None = None, deadline: float | None = None, perf_id: str | None = None,
-             rows: list[dict[str, Any]] | None = None, log: Callable[[str], None] | None = print) -> str:
+             rows: list[dict[str, Any]] | None = None, log: Callable[[str], None] | None = print,
+             interleave: bool = True) -> str:
     """Measure the table and write it (rewritten after every cell) to ``results/perf/<perf_id>.parquet``.
 
-    ``isolate`` (default: on CPU) runs each cell in a subprocess; ``deadline`` (a ``time.monotonic()`` value)
-    stops starting new cells. ``rows`` (a list, extended in place) holds rows measured earlier under the same
-    ``perf_id`` that the file keeps. Returns the perf id.
+    ``isolate`` (default: on CPU) runs each cell in a subprocess; ``interleave`` re-times each compared pair with
+    the two implementations' calls alternating in one process (:func:`time_interleaved`); ``deadline`` (a
+    ``time.monotonic()`` value) stops starting new cells. ``rows`` (a list, extended in place) holds rows measured
+    earlier under the same ``perf_id`` that the file keeps. Returns the perf id.
     """
     from bench.runner import select_device
     from bench.store import ResultStore
@@ -591,13 +645,55 @@ def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str]
                "codebook_size": int(result.get("codebook_size") or cell.codebook_size), "dim": cell.dim,
                "n": cell.n, "measure": cell.measure, "time_ms": result.get("time_ms"),
                "peak_memory_mb": result.get("peak_memory_mb"), "gflops": result.get("gflops"),
-               "status": result["status"], "note": result.get("note") or "", "versions": vers}
+               "status": result["status"], "note": result.get("note") or "", "versions": vers,
+               "_requested_k": cell.codebook_size}
         rows.append(row)
+        if interleave and cell.implementation == VQP and cell.measure == "forward_backward":
+            _retime_pair(rows, cell, dev, isolate, cap, cell_timeout_s, log)
         annotate_ratios(rows)
         store.write_perf(perf_id, rows)
         if log:
             log(format_row(row))
     return perf_id
+
+
+def _retime_pair(rows: list[dict[str, Any]], theirs_cell: Cell, dev: torch.device, isolate: bool, cap: int | None,
+                 timeout_s: float | None, log: Callable[[str], None] | None) -> None:
+    """Re-time a measured (vqbench, vector-quantize-pytorch) pair with their calls interleaved in one process.
+
+    Only for pairs that both ran, whose calls take at most ``INTERLEAVE_MAX_MS`` (longer calls average out the
+    background load by themselves) and whose predicted peaks fit the cap together. Both rows' ``time_ms`` become the
+    interleaved medians; their peak memory stays the one measured alone.
+    """
+    theirs = rows[-1]
+    same = [r for r in rows[:-1] if r["implementation"] == "vqbench" and r["measure"] == "forward_backward"
+            and (r["method"], r["dim"], r["n"]) == (theirs["method"], theirs["dim"], theirs["n"])
+            and r.get("_requested_k") == theirs_cell.codebook_size]
+    if not same or same[-1]["status"] != "ok" or theirs["status"] != "ok":
+        return
+    ours = same[-1]
+    if max(ours["time_ms"], theirs["time_ms"]) > INTERLEAVE_MAX_MS:
+        return
+    ours_cell = Cell("vqbench", theirs_cell.method, theirs_cell.codebook_size, theirs_cell.dim, theirs_cell.n,
+                     "forward_backward", theirs_cell.repeats, theirs_cell.warmup, theirs_cell.min_time_s)
+    if cap is not None and predict_bytes(ours_cell) + predict_bytes(theirs_cell) > cap:
+        return
+    if isolate:
+        result = time_interleaved_isolated([ours_cell, theirs_cell], str(dev), cap, timeout_s)
+    else:
+        try:
+            result = {"status": "ok", "times_ms": time_interleaved([ours_cell, theirs_cell], dev)}
+        except Exception as exc:
+            result = {"status": "error", "note": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if result["status"] != "ok":
+        if log:
+            log(f"interleaved timing of {theirs_cell.method} failed ({result.get('note', '')}); kept the times alone")
+        return
+    for row, ms in zip((ours, theirs), result["times_ms"]):
+        alone = row["time_ms"]
+        row["time_ms"] = ms
+        note = f"time interleaved with the other implementation in one process (alone: {alone:.3g} ms)"
+        row["note"] = "; ".join(p for p in (row["note"], note) if p)
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -699,6 +795,9 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
                              "recorded, since only a fresh process shows it exactly)")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="skip vector-quantize-pytorch")
+    parser.add_argument("--no-interleave", dest="interleave", action="store_false",
+                        help="keep each implementation's time measured alone (default: compared pairs whose calls "
+                             f"take <= {INTERLEAVE_MAX_MS:.0f} ms are re-timed with their calls alternating)")
     parser.add_argument("--no-search", dest="search", action="store_false",
                         help="skip the nearest-code search vs torch.mm cells")
 
@@ -712,7 +811,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
         raise UserError("--n, --repeats, --sizes and --dims must be positive (--warmup and --min-time >= 0)")
     perf_id = run_perf(args.results, args.methods, args.sizes, args.dims, args.n, args.repeats, args.device,
                        args.compare, args.search, warmup=args.warmup, min_time_s=args.min_time,
-                       memory_cap_gib=args.memory_cap_gib, cell_timeout_s=args.cell_timeout, isolate=args.isolate)
+                       memory_cap_gib=args.memory_cap_gib, cell_timeout_s=args.cell_timeout, isolate=args.isolate,
+                       interleave=args.interleave)
     rows = load_perf(args.results)
     print(summary_text(rows[rows["perf_id"] == perf_id]))
     print(f"perf {perf_id}: rows in {args.results}/perf/{perf_id}.parquet")

@@ -61,6 +61,28 @@ def test_measured_cells_are_ok_with_time_and_memory(table):
         assert row["gflops"] == pytest.approx(2 * 32 * 64 * 4 / (row["time_ms"] / 1e3) / 1e9, rel=1e-9)
 
 
+def test_compared_pairs_are_re_timed_interleaved_and_keep_the_time_alone(table):
+    for method in ("vq", "fsq"):
+        for implementation in ("vqbench", VQP):
+            note = _row(table, implementation, method)["note"]
+            assert "interleaved with the other implementation" in note and "alone:" in note
+    assert "interleaved" not in _row(table, "vqbench", "nearest_code", "nearest_code_search")["note"]
+
+
+def test_time_interleaved_alternates_the_calls(monkeypatch):
+    calls = []
+
+    def fake_step(cell, device):
+        return (lambda: calls.append(cell.implementation)), cell.codebook_size
+
+    monkeypatch.setattr(perf, "_training_step", fake_step)
+    cells = [Cell("vqbench", "vq", 8, 4, 16, "forward_backward", repeats=3, warmup=2, min_time_s=0.0),
+             Cell(VQP, "vq", 8, 4, 16, "forward_backward", repeats=3, warmup=1, min_time_s=0.0)]
+    times = perf.time_interleaved(cells, torch.device("cpu"))
+    assert len(times) == 2 and all(t >= 0 for t in times)
+    assert calls == ["vqbench", "vqbench", VQP] + ["vqbench", VQP] * 3  # warm-ups, then one call each per round
+
+
 def test_unknown_method_is_an_unsupported_row(table):
     ours = _row(table, "vqbench", "no-such-method")
     theirs = _row(table, VQP, "no-such-method")
