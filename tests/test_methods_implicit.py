@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import methods.gumbel as gumbel_module
+import methods.lfq as lfq_module
 from bench.registry import create_method
 from methods.base import nearest_code
 from methods.fsq import FSQuantizer, recommended_levels
@@ -199,6 +200,37 @@ def test_grouped_codebook_entropy_bounds_the_exact_one():
     assert values[None] == pytest.approx(values[6])
     assert values[None] <= values[3] + 1e-6 and values[3] <= values[1] + 1e-6 and values[2] <= values[1] + 1e-6
     assert values[1] <= 6 * math.log(2) + 1e-6
+
+
+@pytest.mark.parametrize("bits,split_min_bits", [(11, lfq_module.SPLIT_MIN_BITS), (12, lfq_module.SPLIT_MIN_BITS),
+                                                  (3, 2), (5, 2), (4, 100)])
+def test_soft_assignment_sum_through_the_halves_equals_all_codes(monkeypatch, bits, split_min_bits):
+    monkeypatch.setattr(lfq_module, "SPLIT_MIN_BITS", split_min_bits)
+    u = torch.randn(300, bits, generator=torch.Generator().manual_seed(bits)) * 0.7
+    got = lfq_module._soft_assignment_sum(u, 0.5, 3.0)
+    codes = lfq_module.sign_codes(bits, 0.5).double()  # index order: MSB first
+    expected = torch.softmax(2 * 3.0 * (u.double() @ codes.t()), dim=-1).sum(0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_factorised_codebook_entropy_has_the_direct_gradient(monkeypatch):
+    u = torch.randn(200, 11, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for split_min_bits in (lfq_module.SPLIT_MIN_BITS, 100):  # through the halves, then all 2^11 logits per row
+        monkeypatch.setattr(lfq_module, "SPLIT_MIN_BITS", split_min_bits)
+        x = u.clone().requires_grad_(True)
+        lfq_module.codebook_entropy(x, 1.0, 2.0, None).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_lfq_at_4096_codes_matches_vector_quantize_pytorch_batch_entropy():
+    torch.manual_seed(2)
+    x = torch.randn(256, 12) * 0.3
+    ref = vqp.LFQ(dim=12, codebook_size=4096, entropy_loss_weight=0.1, commitment_loss_weight=0.25).train()
+    _, parts = ref(x[None], inv_temperature=1.0, return_loss_breakdown=True)
+    ours = LookupFreeQuantizer(12, 4096, inv_temperature=1.0).train()  # 12 bits: the factorised average
+    torch.testing.assert_close(ours(x).stats["batch_entropy"], parts.batch_entropy.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_lfq_codebook_size_is_a_power_of_two():
