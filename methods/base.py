@@ -18,6 +18,7 @@ SEARCH_CHUNK_ELEMENTS = 2**24
 # The CPU nearest-code search works in cache-sized blocks of distances (see ``search_block``).
 CPU_SEARCH_BLOCK_CODES = 1024
 CPU_SEARCH_BLOCK_ELEMENTS = 2**20
+ROW_MIN_GROUP = 64  # columns per group of the two-level row minimum on CPU (see ``_row_min``)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def blocked_argmin(x: Tensor, codes: Tensor, code_bias: Tensor | None, alpha: fl
             c1 = min(k, c0 + width)
             dist = buffer[:r, :c1 - c0]
             torch.addmm(bias[c0:c1], xb, codes[c0:c1].t(), beta=1.0, alpha=alpha, out=dist)
-            torch.min(dist, dim=1, out=(best_values[j, :r], best_indices[j, :r]))
+            _row_min(dist, best_values[j, :r], best_indices[j, :r])
         if n_blocks == 1:
             out[start:start + r] = best_indices[0, :r]
         else:
@@ -118,6 +119,25 @@ def blocked_argmin(x: Tensor, codes: Tensor, code_bias: Tensor | None, alpha: fl
             within = best_indices[:, :r].gather(0, block_of_min).squeeze(0)
             out[start:start + r] = within + block_of_min.squeeze(0) * width
     return out
+
+
+def _row_min(dist: Tensor, values: Tensor, indices: Tensor) -> None:
+    """``values, indices = dist.min(dim=1)`` written into the given tensors (ties: the lowest index).
+
+    On CPU ``min`` with indices is ~12x slower per element than ``amin`` (it is not vectorised), so a contiguous
+    block whose width is a multiple of 64 is reduced in two levels: ``amin`` over groups of 64 columns (vectorised,
+    every element), then ``min`` with indices over the group minima and ``argmin`` inside each row's winning group
+    (1/64 of the elements each): the same values and indices, the min pass 2.2x faster (dim 8-32 searches 1.3x).
+    """
+    r, w = dist.shape
+    if dist.device.type != "cpu" or w % ROW_MIN_GROUP or w < 2 * ROW_MIN_GROUP or not dist.is_contiguous():
+        torch.min(dist, dim=1, out=(values, indices))
+        return
+    groups = dist.view(r, w // ROW_MIN_GROUP, ROW_MIN_GROUP)
+    group = torch.empty(r, dtype=torch.long, device=dist.device)
+    torch.min(groups.amin(dim=2), dim=1, out=(values, group))
+    winners = groups.gather(1, group.view(r, 1, 1).expand(r, 1, ROW_MIN_GROUP)).squeeze(1)
+    torch.add(winners.argmin(dim=1), group, alpha=ROW_MIN_GROUP, out=indices)
 
 
 def nearest_code(x: Tensor, codes: Tensor, *, block: tuple[int, int] | None = None) -> Tensor:

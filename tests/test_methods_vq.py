@@ -679,3 +679,16 @@ def test_kmeans_pp_seeding_with_more_codes_than_rows_is_the_same_draw_as_one_at_
     torch.manual_seed(1)
     assert torch.equal(kmeans(x, k, iters=0), expected)
     assert torch.equal(torch.rand(()), after)  # the global RNG stream continues identically
+
+
+@pytest.mark.parametrize("width", [64, 128, 1024, 100])
+def test_two_level_row_min_equals_min_with_indices(width):
+    from methods.base import _row_min
+
+    dist = torch.randn(300, width, generator=torch.Generator().manual_seed(width)).round(decimals=1)  # many ties
+    values, indices = torch.empty(300), torch.empty(300, dtype=torch.long)
+    _row_min(dist, values, indices)
+    expected = dist.min(dim=1)
+    assert torch.equal(values, expected.values)
+    first_minimum = (dist == expected.values[:, None]).int().argmax(dim=1)  # ties: the lowest index
+    assert torch.equal(indices, first_minimum)
