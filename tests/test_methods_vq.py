@@ -692,3 +692,10 @@ def test_two_level_row_min_equals_min_with_indices(width):
     assert torch.equal(values, expected.values)
     first_minimum = (dist == expected.values[:, None]).int().argmax(dim=1)  # ties: the lowest index
     assert torch.equal(indices, first_minimum)
+
+
+def test_squared_norms_in_chunks_are_the_plain_values():
+    from methods.base import squared_norms
+
+    rows = torch.randn(1000, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(squared_norms(rows, chunk_rows=64), rows.pow(2).sum(dim=1))
