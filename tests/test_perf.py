@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import platform
 import time
 
 import pandas as pd
@@ -228,3 +229,8 @@ def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_ti
     assert len(times) == 3
     _, times = perf._timed(lambda: None, torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
     assert len(times) == perf.MAX_TIMED_CALLS
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_applies_on_glibc():
+    assert perf.keep_freed_memory()
