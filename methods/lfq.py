@@ -32,8 +32,8 @@ How the entropies are computed (memory bounded, no ``N x K`` matrix beyond a chu
   chunks, checkpointed in training. A group of 11 bits or more is averaged through the factorisation over its
   two halves of bits, ``sum_n p(c | u_n) = P_A^T P_B`` (one matrix product, ``2 N 2^|G|`` flops; see
   ``_soft_assignment_sum``), a smaller group directly (``N 2^|G|`` exponentials); memory is
-  O(chunk + 2^|G|) whatever ``N``, so the exact LFQ entropy runs at K = 2^20. (Version 2: the factorised
-  average; version 1 exponentiated all ``2^|G|`` logits per row, the same value up to float rounding.)
+  O(chunk + 2^|G|) whatever ``N``, so the exact LFQ entropy runs at K = 2^20. (Version 2 of lfq and bsq: the
+  factorised average; version 1 exponentiated all ``2^|G|`` logits per row, the same value up to float rounding.)
 
 ``codebook_size`` becomes the largest power of two not above the task's (``b = floor(log2 K)``).
 Entropies are computed in eval mode too (same formula; nothing is updated); no state besides projections.
@@ -174,7 +174,7 @@ class LookupFreeQuantizer(Quantizer):
                                "commitment": commitment.detach()})
 
 
-@register_method("bsq", version=1, paper="2406.07548", family="implicit",
+@register_method("bsq", version=2, paper="2406.07548", family="implicit",
                  description="BSQ: l2-normalised projection, sign/sqrt(d), factorised per-sample minus codebook "
                              "entropy",
                  entropy_weight=0.1, diversity_gamma=1.0, sample_entropy_weight=1.0, commitment_weight=0.0,
