@@ -1,6 +1,6 @@
 """Metrics of generative priors over tokens: likelihood, emitted codes, precision/recall, gFID.
 
-Pure tensor functions, like :mod:`bench.metrics`; formulas in each docstring.
+Pure tensor functions, like :mod:`vqbench.metrics`; formulas in each docstring.
 
 * :func:`cross_entropy_bits`: the prior's negative log-likelihood in bits,
   ``-sum_i log2 p(s_i | s_<i)``; divided by the number of tokens it is the NLL in bits per token
@@ -10,7 +10,7 @@ Pure tensor functions, like :mod:`bench.metrics`; formulas in each docstring.
   Precision and Recall Metric for Assessing Generative Models", arXiv:1904.06991, eq. 1-3, with
   k-NN hyperspheres as manifold estimate (default k = 3, as the paper and its reference code).
 * :func:`generative_extractors`: the feature extractors of the gFID (Frechet distance of samples to
-  real images), computed by :class:`bench.image_metrics.FrechetDistance` with prefix ``g`` and so
+  real images), computed by :class:`vqbench.image_metrics.FrechetDistance` with prefix ``g`` and so
   named by the same rule as the reconstruction FID: ``gfid_inception`` only with the real Inception
   weights, else ``gfd_<extractor>``. ``gfd_randcnn`` is always among them (a gFD every machine can
   compute, hence comparable across all runs); the best available extractor is added when it differs.
@@ -23,9 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from bench.image_metrics import ImageFeatures, fd_metric_name, resolve_extractor
-from bench.metrics import code_counts, perplexity
+from vqbench.image_metrics import ImageFeatures, fd_metric_name, resolve_extractor
+from vqbench.metrics import code_counts, perplexity
 
 #: at most this many pairwise distances exist at once in the k-NN computations (64 MiB of float32)
 DISTANCE_CHUNK_ELEMENTS = 2**24
@@ -50,7 +49,7 @@ def emitted_codes(tokens: Tensor, codebook_size: int) -> dict[str, float]:
     """Codes a prior emits in its samples ``tokens`` (any shape, ids in ``[0, K)``).
 
     ``emitted_code_frac = #{k : k occurs in tokens} / K`` and ``emitted_perplexity = exp(H(p))`` of
-    the emitted-code histogram ``p_k = count_k / #tokens`` (:func:`bench.metrics.perplexity`).
+    the emitted-code histogram ``p_k = count_k / #tokens`` (:func:`vqbench.metrics.perplexity`).
     """
     counts = code_counts(tokens, codebook_size)
     return {"emitted_code_frac": float((counts > 0).double().mean()), "emitted_perplexity": perplexity(counts)}
@@ -121,7 +120,7 @@ def generative_extractors(fd: bool | str | None = "auto",
     """(extractors whose gFD is logged, the one precision/recall use).
 
     ``fd`` is the reconstruction task's setting: ``"auto"``/True picks the best available extractor
-    (:func:`bench.image_metrics.resolve_extractor`: Inception when its weights are local), a name picks
+    (:func:`vqbench.image_metrics.resolve_extractor`: Inception when its weights are local), a name picks
     that one, ``False``/``"off"`` none beyond the base. The list is ``[randcnn]`` plus that extractor
     when it differs; precision/recall use the last (the best) one.
     """

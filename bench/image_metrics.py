@@ -40,8 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 INCEPTION_WEIGHTS_ENV = "VQBENCH_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception (2048-d pool3)

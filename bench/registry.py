@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 _META_KEYS = ("version", "paper", "family", "description", "kind", "main_metric", "higher_is_better",
               "budgets", "offline")

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from bench.errors import UserError
-from bench.registry import METHODS, TASKS
-from bench.spec import Budget, RunSpec, canonical_json
-from bench.store import ResultStore
+from vqbench.errors import UserError
+from vqbench.registry import METHODS, TASKS
+from vqbench.spec import Budget, RunSpec, canonical_json
+from vqbench.store import ResultStore
 
 #: a loss above this (or non-finite) ends the run as ``diverged``
 DIVERGENCE_LOSS = 1e8

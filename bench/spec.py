@@ -1,7 +1,7 @@
 """RunSpec: everything that decides a run's result, and its content-addressed ``run_id``.
 
 A spec holds *resolved* parameters (registry defaults merged with overrides, see
-:func:`bench.runner.make_spec`) and the task's and method's registry versions, so the id changes
+:func:`vqbench.runner.make_spec`) and the task's and method's registry versions, so the id changes
 whenever anything that can change the numbers changes, and never otherwise. ``tags`` are labels
 (suite names, notes) and are not part of the id. This module imports nothing of vqbench's.
 """

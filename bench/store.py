@@ -27,8 +27,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 SCHEMA_VERSION = 1
 COMPLETE_STATUSES = ("ok", "diverged")  # deterministic outcomes: rerunning would give the same

@@ -3,7 +3,7 @@
 One source of truth for the contract: built-in methods are tested with it (``tests/test_contract.py``),
 ``vqbench check method NAME`` prints it, and plugin authors call it from their own pytest::
 
-    from bench.testing import assert_quantizer_conforms
+    from vqbench.testing import assert_quantizer_conforms
     def test_my_method():
         assert_quantizer_conforms("my-method")
 
@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from bench.registry import METHODS
+from vqbench.registry import METHODS
 
 WARMUP_STEPS = 8  # training forwards (with on_step) before the checks, so schedules/lazy inits have run
 

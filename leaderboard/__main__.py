@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench.errors import UserError
-from leaderboard.cli import add_actions
+from vqbench.errors import UserError
+from vqbench.leaderboard.cli import add_actions
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,10 +37,9 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-
-from bench.errors import UserError
-from leaderboard import svg
-from leaderboard.data import (
+from vqbench.errors import UserError
+from vqbench.leaderboard import svg
+from vqbench.leaderboard.data import (
     ADHOC,
     COLLAPSE_METRICS,
     SiteData,
@@ -52,9 +51,9 @@ from leaderboard.data import (
     slug,
     variant_labels,
 )
-from leaderboard.load import _SCHEMAS as PERF_KINDS
-from leaderboard.load import read_tables, store_files
-from leaderboard.stats import ci_halfwidth
+from vqbench.leaderboard.load import _SCHEMAS as PERF_KINDS
+from vqbench.leaderboard.load import read_tables, store_files
+from vqbench.leaderboard.stats import ci_halfwidth
 
 SITE_MARKER = ".vqbench-site"
 ASSETS = Path(__file__).resolve().parent
@@ -886,7 +885,7 @@ def _thin(steps: np.ndarray, values: np.ndarray, max_points: int = 150) -> tuple
 
 # -- the reproduce command ----------------------------------------------------------------------------
 def _cli_parses_to(text: str) -> Any:
-    """What ``vqbench run --set key=TEXT`` makes of TEXT (the rule of ``bench.cli.parse_value``)."""
+    """What ``vqbench run --set key=TEXT`` makes of TEXT (the rule of ``vqbench.commands.cli.parse_value``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:

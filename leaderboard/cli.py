@@ -8,11 +8,11 @@ import http.server
 import time
 from pathlib import Path
 
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from leaderboard import build
+    from vqbench.leaderboard import build
 
     t0 = time.perf_counter()
     index = build.build_site(args.results, args.out, suite=args.suite)

@@ -1,4 +1,4 @@
-"""Everything the site shows, derived from the result store (``bench.store``) with pandas.
+"""Everything the site shows, derived from the result store (``vqbench.store``) with pandas.
 
 Vocabulary used across the leaderboard:
 
@@ -7,7 +7,7 @@ Vocabulary used across the leaderboard:
 - *config*: a variant plus (method, method_version, method_params). One row of a task table;
   its seeds are the runs that share it. Only runs with status ``ok`` enter means; the others are
   counted and shown.
-- *final value* of a metric in a run: its value at the run's last eval step (``bench.store.final_metrics``).
+- *final value* of a metric in a run: its value at the run's last eval step (``vqbench.store.final_metrics``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from bench.errors import UserError
-from bench.store import STATUSES, ResultStore, final_metrics
-from leaderboard.load import read_tables, store_files
-from leaderboard.stats import ci_halfwidth
+from vqbench.errors import UserError
+from vqbench.leaderboard.load import read_tables, store_files
+from vqbench.leaderboard.stats import ci_halfwidth
+from vqbench.store import STATUSES, ResultStore, final_metrics
 
 ADHOC = "adhoc"
 SUITE_PREFIX = "suite:"

@@ -1,10 +1,10 @@
 """Fast bulk reads of the result store for the site build.
 
-``bench.store.ResultStore.load_*`` read one file at a time in threads; with one file per run, a
+``vqbench.store.ResultStore.load_*`` read one file at a time in threads; with one file per run, a
 10,000-run store is 30,000 small Parquet files and the per-file cost (footer parsing, schema
 resolution, Python overhead under the GIL) dominates: about 20 s for the runs table alone on
 the 2-core reference machine. This module reads the same files, with the same canonical schemas
-(``bench.store.RUNS_SCHEMA`` ...) and the same rule for damaged files (skipped with a warning that
+(``vqbench.store.RUNS_SCHEMA`` ...) and the same rule for damaged files (skipped with a warning that
 names them), but in worker processes, each file through ``pyarrow.parquet.ParquetFile`` (the
 cheapest path), and for arrays it keeps only what the site shows (each array's last eval step)
 before sending anything back.
@@ -21,13 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-import bench.store
-from bench.store import ARRAYS_SCHEMA, METRICS_SCHEMA, RUNS_SCHEMA, ResultStore
+import vqbench.store
+from vqbench.store import ARRAYS_SCHEMA, METRICS_SCHEMA, RUNS_SCHEMA, ResultStore
 
 _SCHEMAS = {"runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA, "arrays": ARRAYS_SCHEMA}
-if hasattr(bench.store, "PERF_SCHEMA"):  # `vqbench perf` measurements (results/perf/<perf_id>.parquet)
-    _SCHEMAS["perf"] = bench.store.PERF_SCHEMA
+if hasattr(vqbench.store, "PERF_SCHEMA"):  # `vqbench perf` measurements (results/perf/<perf_id>.parquet)
+    _SCHEMAS["perf"] = vqbench.store.PERF_SCHEMA
 #: below this many files a process pool costs more than it saves
 PARALLEL_MIN_FILES = 400
 
@@ -101,7 +100,7 @@ def read_tables(paths: Sequence[Path | str], kind: str, *, last_only: bool = Fal
 
 
 def store_files(store: ResultStore, kind: str) -> list[Path]:
-    """All files of one table of the store (same layout as ``bench.store.ResultStore``'s paths)."""
+    """All files of one table of the store (same layout as ``vqbench.store.ResultStore``'s paths)."""
     if kind in ("runs", "perf"):
         return list((store.root / kind).glob("*.parquet"))
     return list((store.root / kind).glob("task=*/*.parquet"))

@@ -1,7 +1,7 @@
 """Realistic synthetic result stores, for the leaderboard's scale test and benchmark.
 
-``python -m leaderboard.synthetic_store --runs 10000 --out DIR`` writes a store (through
-``bench.store.ResultStore``, the same files the runner writes) that looks like a lab's real one:
+``python -m vqbench.leaderboard.synthetic_store --runs 10000 --out DIR`` writes a store (through
+``vqbench.store.ResultStore``, the same files the runner writes) that looks like a lab's real one:
 
 - suites ``quick`` (offline tasks, 1 seed, defaults), ``paper-v1`` (GPU budgets, 3 seeds, codebook
   sizes), ``collapse-v1`` (the two collapse sweeps: codebook init scale/offset and encoder width,
@@ -17,7 +17,7 @@
 The numbers follow a simple generative model (each method has a base utilization and quality; the
 collapse tasks' knobs cut utilization unless the method cures that collapse; quality follows
 utilization; seeds add noise), so tables, ranks and Pareto fronts have a structure to look at.
-Spec JSON and run ids follow ``bench.spec`` exactly (a test checks ``RunSpec.from_json(spec).run_id``).
+Spec JSON and run ids follow ``vqbench.spec`` exactly (a test checks ``RunSpec.from_json(spec).run_id``).
 ``hostile=True`` adds a plugin method and task whose every string is an HTML/script injection attempt.
 """
 
@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.store import ResultStore
+from vqbench.store import ResultStore
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_NAME = HOSTILE  # the method's registered name
@@ -154,7 +153,7 @@ COMMITS = ("280a60e257d5a46b5ed4b551cd1fcc86516a373a", "1ad31ef1d4c1f0e6a1b2c3d4
            "f944190aa0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5")
 
 
-# -- spec identity, exactly as bench.spec (not imported: leaderboard reads the store only) ----------
+# -- spec identity, exactly as vqbench.spec (not imported: leaderboard reads the store only) ----------
 def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
@@ -524,7 +523,7 @@ def generate(out: str | os.PathLike[str], runs: int = 10000, seed: int = 0, work
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leaderboard.synthetic_store", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vqbench.leaderboard.synthetic_store", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10000)
     parser.add_argument("--out", required=True, help="results folder to write (a store)")
     parser.add_argument("--seed", type=int, default=0)

@@ -26,9 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim, data_relative_codes, nearest_code, straight_through
+from vqbench.methods.base import (
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+    straight_through,
+)
+from vqbench.registry import register_method
 
 AFFINES = ("learned", "running", "none")
 
@@ -43,7 +49,7 @@ class AffineVQ(Quantizer):
 
     Restricted-init knob on the raw codebook: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
     ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws it with
-    :func:`methods.base.data_relative_codes` on the first training batch (flag buffer ``data_initialised``).
+    :func:`vqbench.methods.base.data_relative_codes` on the first training batch (flag buffer ``data_initialised``).
     """
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.98, sync_nu: float = 0.2,

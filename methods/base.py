@@ -1,16 +1,13 @@
-"""The Quantizer contract (see ``shared/DESIGN.md``) and small pieces every quantizer shares.
+"""Pieces every codebook quantizer shares: the blocked nearest-code search and data-relative init.
 
-A quantizer is an ``nn.Module`` whose ``forward(z)`` takes channel-last ``z`` of shape ``(..., dim)``
-and returns a :class:`QuantizeOutput`. Everything a method does to its codebook (EMA, restarts,
-k-means init, schedules) happens inside the module, so the runner stays generic.
+The Quantizer contract itself lives in :mod:`vqbench.quantizer` (see ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim  # noqa: F401  (re-exported for methods)
 
 # Largest number of distance entries (rows x codes) one chunk of the nearest-code search may hold:
 # 2**24 float32 = 64 MiB, so K = 1,048,576 codes works without an N x K matrix.
@@ -19,51 +16,6 @@ SEARCH_CHUNK_ELEMENTS = 2**24
 CPU_SEARCH_BLOCK_CODES = 1024
 CPU_SEARCH_BLOCK_ELEMENTS = 2**20
 ROW_MIN_GROUP = 64  # columns per group of the two-level row minimum on CPU (see ``_row_min``)
-
-
-@dataclass
-class QuantizeOutput:
-    """What ``Quantizer.forward`` returns.
-
-    ``z_q``: same shape as ``z``, carrying the method's gradient path to ``z``;
-    ``indices``: ``z.shape[:-1]`` long tensor in ``[0, codebook_size)``;
-    ``loss``: scalar auxiliary loss, already weighted;
-    ``stats``: scalar tensors the method wants logged.
-    """
-
-    z_q: Tensor
-    indices: Tensor
-    loss: Tensor
-    stats: dict[str, Tensor] = field(default_factory=dict)
-
-
-class Quantizer(nn.Module):
-    """Base class: subclasses set ``dim`` and ``codebook_size`` and implement ``forward``."""
-
-    dim: int
-    codebook_size: int
-
-    def forward(self, z: Tensor) -> QuantizeOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def codebook(self) -> Tensor | None:
-        """The effective code vectors in z-space, ``(codebook_size, dim)``; ``None`` if not enumerable."""
-        return None
-
-    def decode_indices(self, indices: Tensor) -> Tensor:
-        """Code vectors (in z-space) for ``indices`` of shape ``(...)`` -> ``(..., dim)``."""
-        codes = self.codebook()
-        if codes is None:
-            raise ValueError(f"{type(self).__name__} cannot decode indices: its codebook is not enumerable")
-        return codes[indices]
-
-    def on_step(self, step: int, total_steps: int) -> None:
-        """Called by the runner before each optimizer step (schedules, restarts, deferred switches)."""
-
-
-def check_last_dim(z: Tensor, dim: int) -> None:
-    if z.shape[-1] != dim:
-        raise ValueError(f"quantizer expects channel-last input with last dim {dim}, got shape {tuple(z.shape)}")
 
 
 def search_block(device: torch.device, n: int, k: int) -> tuple[int, int]:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import (
+from vqbench.methods.base import (
     SEARCH_CHUNK_ELEMENTS,
     QuantizeOutput,
     Quantizer,
@@ -39,7 +37,8 @@ from methods.base import (
     nearest_code,
     straight_through,
 )
-from methods.ibq import max_inner_product
+from vqbench.methods.ibq import max_inner_product
+from vqbench.registry import register_method
 
 ANCHORS = ("closest", "random", "probrandom")
 
@@ -52,7 +51,7 @@ class ClusteredVQ(Quantizer):
     """CVQ-VAE quantiser. State: ``embedding`` (K, dim), ``embed_prob`` (K,) EMA usage, the anchor pool.
 
     Restricted-init knob: ``init="uniform"`` (reference: U(-1/K, 1/K)), ``"normal"`` (N(0, 1)), both times
-    ``init_scale`` plus ``init_offset``, or ``"data"`` (:func:`methods.base.data_relative_codes` on the first
+    ``init_scale`` plus ``init_offset``, or ``"data"`` (:func:`vqbench.methods.base.data_relative_codes` on the first
     training batch, flag buffer ``data_initialised``).
     """
 

@@ -28,9 +28,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim
+from vqbench.methods.base import QuantizeOutput, Quantizer, check_last_dim
+from vqbench.registry import register_method
 
 #: Sec. 4.1 of 2309.15505: recommended levels per target codebook size
 RECOMMENDED_LEVELS: tuple[tuple[int, ...], ...] = (

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-from bench.registry import register_method
-from methods.base import SEARCH_CHUNK_ELEMENTS, QuantizeOutput, Quantizer, check_last_dim
+from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, QuantizeOutput, Quantizer, check_last_dim
+from vqbench.registry import register_method
 
 
 def map_row_chunks(fn: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, row_cost: int,

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-from bench.registry import register_method
-from methods.base import (
+from vqbench.methods.base import (
     SEARCH_CHUNK_ELEMENTS,
     QuantizeOutput,
     Quantizer,
@@ -33,6 +31,7 @@ from methods.base import (
     check_last_dim,
     data_relative_codes,
 )
+from vqbench.registry import register_method
 
 
 def max_inner_product(x: Tensor, codes: Tensor, *, block: tuple[int, int] | None = None) -> Tensor:
@@ -87,7 +86,7 @@ class IndexBackpropQuantizer(Quantizer):
 
     Restricted-init knob: ``init="normal"|"uniform"|"data"``; ``"uniform"`` is U(-1/K, 1/K), both scaled by
     ``init_scale`` and shifted by ``init_offset``; ``"data"`` draws the codes with
-    :func:`methods.base.data_relative_codes` from the first training batch (flag buffer ``data_initialised``).
+    :func:`vqbench.methods.base.data_relative_codes` from the first training batch (flag buffer ``data_initialised``).
     """
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_weight: float = 0.0,

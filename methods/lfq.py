@@ -46,10 +46,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim
-from methods.gumbel import map_row_chunks
+from vqbench.methods.base import QuantizeOutput, Quantizer, check_last_dim
+from vqbench.methods.gumbel import map_row_chunks
+from vqbench.registry import register_method
 
 MAX_ENUMERATED = 2**16
 SPLIT_MIN_BITS = 11  # bit groups this wide or wider average their soft assignment through two halves

@@ -30,9 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import (
+from vqbench.methods.base import (
     SEARCH_CHUNK_ELEMENTS,
     QuantizeOutput,
     Quantizer,
@@ -41,6 +39,7 @@ from methods.base import (
     nearest_code,
     straight_through,
 )
+from vqbench.registry import register_method
 
 
 def _distances(x: Tensor, codes: Tensor, code_sq: Tensor) -> Tensor:
@@ -133,7 +132,7 @@ class OptVQ(Quantizer):
 
     Restricted-init knob on ``embedding``: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
     ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws the embedding with
-    :func:`methods.base.data_relative_codes` on the first training batch and sets ``proj`` to the identity so the
+    :func:`vqbench.methods.base.data_relative_codes` on the first training batch and sets ``proj`` to the identity so the
     initial codes are exactly those draws (flag buffer ``data_initialised``).
     """
 

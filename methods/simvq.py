@@ -17,9 +17,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim, data_relative_codes, nearest_code, straight_through
+from vqbench.methods.base import (
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+    straight_through,
+)
+from vqbench.registry import register_method
 
 
 @register_method("simvq", version=1, paper="2411.02038", family="reparameterised-codebook",
@@ -30,7 +36,7 @@ class SimVQ(Quantizer):
 
     Restricted-init knob (on the frozen basis): ``init="normal"`` draws N(0, 1/dim), ``"uniform"`` U(-1/K, 1/K),
     both times ``init_scale`` plus ``init_offset``; ``"data"`` draws the basis with
-    :func:`methods.base.data_relative_codes` from the first training batch and sets ``proj`` to the identity
+    :func:`vqbench.methods.base.data_relative_codes` from the first training batch and sets ``proj`` to the identity
     (``W = I``, ``b = 0``) so that the initial codes are exactly those draws (flag buffer ``data_initialised``).
     """
 

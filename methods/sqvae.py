@@ -25,7 +25,7 @@ codebook ``b_k`` and variance ``sigma^2 = exp(log_var)`` (a learned parameter):
   ``on_step`` (training only); step and tau live in buffers (resume-safe).
 
 Memory: the ``N x K`` assignment is evaluated in row chunks of at most ``SEARCH_CHUNK_ELEMENTS`` entries,
-checkpointed in training (see :func:`methods.gumbel.map_row_chunks`); eval-mode argmin is chunked likewise.
+checkpointed in training (see :func:`vqbench.methods.gumbel.map_row_chunks`); eval-mode argmin is chunked likewise.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim
-from methods.gumbel import kl_to_uniform, map_row_chunks, neg_sq_distances, sample_codes
+from vqbench.methods.base import QuantizeOutput, Quantizer, check_last_dim
+from vqbench.methods.gumbel import kl_to_uniform, map_row_chunks, neg_sq_distances, sample_codes
+from vqbench.registry import register_method
 
 MIN_VARIANCE = 1e-10  # the reference clamps the variance at this value before inverting it
 

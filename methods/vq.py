@@ -56,12 +56,12 @@ rotation trick). Each has a registered preset (name: defaults) at the bottom of 
   driven by ``on_step`` quantizes from the start.
 * ``init`` (the restricted-initialisation knob shared by every codebook method): ``"uniform"`` draws the codes
   ``U(-1/K, 1/K) * init_scale + init_offset`` at construction (the VQ-VAE reference init); ``"data"`` replaces them
-  on the first training forward by ``methods.base.data_relative_codes(x, K, init_scale, init_offset)`` of that
+  on the first training forward by ``vqbench.methods.base.data_relative_codes(x, K, init_scale, init_offset)`` of that
   batch's (projected / normalised) inputs ``x``.
 
 All state (EMA statistics, usage, "initialised" flags, buffered latents, the deferred schedule) lives in buffers,
 so a module restored with ``load_state_dict`` continues identically; nothing changes in eval mode. Nearest-code
-search and k-means use ``methods.base.nearest_code`` (bounded chunks), so K = 1,048,576 works.
+search and k-means use ``vqbench.methods.base.nearest_code`` (bounded chunks), so K = 1,048,576 works.
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-from bench.registry import register_method
-from methods.base import (
+from vqbench.methods.base import (
     SEARCH_CHUNK_ELEMENTS,
     QuantizeOutput,
     Quantizer,
@@ -83,6 +81,7 @@ from methods.base import (
     data_relative_codes,
     nearest_code,
 )
+from vqbench.registry import register_method
 
 _NORM_EPS = 1e-6  # floor of vector norms in the rotation trick and in l2 normalisation
 

@@ -15,7 +15,7 @@ Zhu et al., "Scaling the Codebook Size of VQGAN to 100,000 with a Utilization Ra
 Without a feature bank (the task has none) the fallback is stated and recorded: on the first training forward the
 frozen codes become k-means centres of that batch's latents (F = dim), and the projector starts at the identity
 (``W = I``, ``b = 0``) so the initial codes are those centres. With ``init="data"`` the frozen codes are instead
-drawn by :func:`methods.base.data_relative_codes` from the first batch (the restricted-init knob: ``init_scale``,
+drawn by :func:`vqbench.methods.base.data_relative_codes` from the first batch (the restricted-init knob: ``init_scale``,
 ``init_offset``; identity projector too). Buffer ``init_source`` (also logged as ``stats["init_source"]``): 0 not
 yet initialised, 1 feature-bank k-means, 2 first-batch k-means (fallback), 3 first-batch data-relative draws.
 """
@@ -27,9 +27,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, check_last_dim, data_relative_codes, nearest_code, straight_through
+from vqbench.methods.base import (
+    QuantizeOutput,
+    Quantizer,
+    check_last_dim,
+    data_relative_codes,
+    nearest_code,
+    straight_through,
+)
+from vqbench.registry import register_method
 
 UNINITIALISED, FROM_BANK, FROM_BATCH_KMEANS, FROM_BATCH_DATA = 0, 1, 2, 3
 

@@ -13,7 +13,7 @@ EXECUTORS = ("slurm", "local", "debug")
 
 
 def _load(args: argparse.Namespace):
-    from slurm.sweep import load_sweep
+    from vqbench.slurm.sweep import load_sweep
 
     sweep = load_sweep(args.file, skip_unknown=args.skip_unknown)
     for line in sweep.skipped:
@@ -22,7 +22,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from slurm.launch import run_sweep
+    from vqbench.slurm.launch import run_sweep
 
     sweep = _load(args)
     print(sweep.describe())
@@ -35,8 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from slurm.jobs import jobs_dir
-    from slurm.launch import sweep_status
+    from vqbench.slurm.jobs import jobs_dir
+    from vqbench.slurm.launch import sweep_status
 
     sweep = _load(args)
     status = sweep_status(sweep, args.results)
@@ -48,7 +48,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from slurm.launch import collect_sweep
+    from vqbench.slurm.launch import collect_sweep
 
     sweep = _load(args)
     print(collect_sweep(sweep, args.results).format())

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 
 class ConfigError(UserError):

@@ -38,16 +38,15 @@ from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
-
-from bench.errors import UserError
-from bench.runner import git_provenance
-from bench.spec import RunSpec
-from bench.store import ResultStore, atomic_write_table, final_metrics
-from slurm import jobs
-from slurm.profile import CLUSTERS, Profile
-from slurm.snapshot import launcher, ship_plugins, snapshot_code
-from slurm.sweep import Sweep
-from slurm.worker import SweepWorker
+from vqbench.errors import UserError
+from vqbench.runner import git_provenance
+from vqbench.slurm import jobs
+from vqbench.slurm.profile import CLUSTERS, Profile
+from vqbench.slurm.snapshot import launcher, ship_plugins, snapshot_code
+from vqbench.slurm.sweep import Sweep
+from vqbench.slurm.worker import SweepWorker
+from vqbench.spec import RunSpec
+from vqbench.store import ResultStore, atomic_write_table, final_metrics
 
 STATES = ("done", "running", "pending", "failed", "diverged", "unsubmitted")
 ACTIVE = ("running", "pending", "unknown")
@@ -232,8 +231,7 @@ class _Row:
 def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
     """status, error and finish time of the stored rows of ``run_ids`` (read in parallel)."""
     import pyarrow.parquet as pq
-
-    from bench.store import RUNS_SCHEMA
+    from vqbench.store import RUNS_SCHEMA
 
     def read(run_id: str) -> tuple[str, _Row | None]:
         path = store.run_path(run_id)
@@ -401,7 +399,7 @@ def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | 
 
         # spawn, not fork: a forked child of a process that already ran OpenMP regions can hang
         context = multiprocessing.get_context("spawn")
-        from bench.registry import loaded_plugins
+        from vqbench.registry import loaded_plugins
 
         plugins = tuple(loaded_plugins())  # the sweep's and the command line's: workers load them too
         args = [(str(results), sweep.name, device, spec.to_json(), plugins) for spec in specs]
@@ -421,7 +419,7 @@ def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | 
 
 def _debug_one(args: tuple[str, str, str | None, str, tuple[str, ...]], threads: int | None = 1) -> dict[str, Any]:
     """One run of the debug executor (in this process, or in a pool worker with one torch thread)."""
-    from bench.registry import load_plugin
+    from vqbench.registry import load_plugin
 
     results, sweep_name, device, spec_json, plugins = args
     for plugin in plugins:

@@ -33,8 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench.spec import canonical_json
-from slurm.config import (
+from vqbench.slurm.config import (
     ConfigError,
     Where,
     check_mapping,
@@ -47,6 +46,7 @@ from slurm.config import (
     suggest,
     type_name,
 )
+from vqbench.spec import canonical_json
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 CLUSTERS = ("slurm", "local", "debug")

@@ -1,9 +1,10 @@
 """Freeze the code a sweep runs: a copy of vqbench's packages and of its file plugins per submission.
 
 Jobs may start hours after submission; by then the checkout may have moved on. Before submitting,
-the driver copies the top-level packages (``bench``, ``methods``, ``tasks``, ``slurm``,
-``leaderboard``) into ``<results>/jobs/<sweep>/code/<hash>/`` and puts that folder first on the jobs'
-``PYTHONPATH``, so the code that runs is the code that was submitted. The folder is named by the
+the driver copies the ``vqbench`` namespace (the repository folders ``bench``, ``methods``, ``tasks``,
+``slurm`` and ``leaderboard``, mapped to ``vqbench``, ``vqbench.methods`` ...) into
+``<results>/jobs/<sweep>/code/<hash>/vqbench/`` as one ordinary package tree, and puts that folder
+first on the jobs' ``PYTHONPATH``, so the code that runs is the code that was submitted. The folder is named by the
 hash of its content: resubmitting unchanged code reuses it. Jobs start through a small launcher
 script in the snapshot (``_launch/vqbench_submit.py``) rather than ``python -m``, which would put
 the job's working directory (often the checkout itself) ahead of the snapshot on ``sys.path``.
@@ -22,7 +23,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-PACKAGES = ("bench", "methods", "tasks", "slurm", "leaderboard")
+# import name -> folder inside the snapshot (the installed mapping of the repository folders, made plain)
+PACKAGES = {
+    "vqbench": "vqbench",
+    "vqbench.methods": "vqbench/methods",
+    "vqbench.tasks": "vqbench/tasks",
+    "vqbench.slurm": "vqbench/slurm",
+    "vqbench.leaderboard": "vqbench/leaderboard",
+}
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 LAUNCHER = Path("_launch") / "vqbench_submit.py"
 # `python -m submitit.core._submit` would put the job's working directory first on sys.path, ahead of
@@ -43,17 +51,19 @@ def package_dirs() -> dict[str, Path]:
     """Where each vqbench package is imported from (without importing it)."""
     dirs = {}
     for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(name) if "." not in name or name.rsplit(".", 1)[0] in dirs else None
         if spec is None or not spec.submodule_search_locations:
             continue
         dirs[name] = Path(list(spec.submodule_search_locations)[0])
     return dirs
 
 
-def _files(root: Path) -> list[Path]:
+def _files(root: Path, other_roots: set[Path] = frozenset()) -> list[Path]:
+    """The files below ``root``, without those of the other packages (nested in an installed wheel)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")
+                             and Path(dirpath, d) not in other_roots)
         for f in sorted(filenames):
             if f.endswith((".pyc", ".pyo")) or f.startswith("."):
                 continue
@@ -63,9 +73,10 @@ def _files(root: Path) -> list[Path]:
 
 def snapshot_code(dest: Path) -> Path:
     """Copy vqbench's packages into ``dest/<hash>/`` (reused if it exists); returns that folder."""
-    files = [(name, path) for name, root in package_dirs().items() for path in _files(root)]
-    digest = hashlib.sha256()
     roots = package_dirs()
+    files = [(name, path) for name, root in roots.items()
+             for path in _files(root, set(roots.values()) - {root})]
+    digest = hashlib.sha256()
     for name, path in files:
         digest.update(f"{name}/{path.relative_to(roots[name])}\0".encode())
         digest.update(path.read_bytes())
@@ -77,7 +88,7 @@ def snapshot_code(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=dest))
     try:
         for name, path in files:
-            out = tmp / name / path.relative_to(roots[name])
+            out = tmp / PACKAGES[name] / path.relative_to(roots[name])
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, out)
         (tmp / LAUNCHER).parent.mkdir()

@@ -30,7 +30,7 @@ name)::
 
 Everything is checked on load: an unknown key, a wrong type, an unknown task, method or parameter,
 a bad budget or profile, or a selection that expands to nothing is a one-line :class:`ConfigError`
-naming the file, the line and the key. Expansion goes through :func:`bench.runner.make_spec`
+naming the file, the line and the key. Expansion goes through :func:`vqbench.runner.make_spec`
 (defaults, versions) and is deterministic: tasks in file order (globs sorted), then task params,
 methods, method params and seeds; a spec listed twice is kept once.
 
@@ -49,11 +49,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
-from bench.registry import METHODS, TASKS, Registry, load_plugin
-from bench.runner import make_spec, task_budget
-from bench.spec import Budget, RunSpec
-from slurm.config import (
+from vqbench.errors import UserError
+from vqbench.registry import METHODS, TASKS, Registry, load_plugin
+from vqbench.runner import make_spec, task_budget
+from vqbench.slurm.config import (
     ConfigError,
     LocatedList,
     Where,
@@ -66,7 +65,8 @@ from slurm.config import (
     suggest,
     type_name,
 )
-from slurm.profile import Profile, load_profile
+from vqbench.slurm.profile import Profile, load_profile
+from vqbench.spec import Budget, RunSpec
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

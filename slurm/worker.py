@@ -1,4 +1,4 @@
-"""What a job runs: its RunSpecs one after the other through :func:`bench.runner.run`.
+"""What a job runs: its RunSpecs one after the other through :func:`vqbench.runner.run`.
 
 The worker writes every result itself (the runner writes the store), so nothing depends on the
 driver that submitted it being alive. It is a ``submitit.helpers.Checkpointable``: on preemption or
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-
-from slurm.jobs import record_attempt
-from slurm.snapshot import plugin_to_load
+from vqbench.slurm.jobs import record_attempt
+from vqbench.slurm.snapshot import plugin_to_load
 
 
 def current_job_id() -> str:
@@ -50,8 +49,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
 
     def _prepare(self) -> None:
         import torch
-
-        from bench.registry import load_plugin
+        from vqbench.registry import load_plugin
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -61,12 +59,12 @@ class SweepWorker(submitit.helpers.Checkpointable):
             load_plugin(plugin_to_load(ref))
 
     def __call__(self, specs: list[str]) -> list[dict[str, Any]]:
-        from bench.runner import run
-        from bench.spec import RunSpec
-        from bench.store import ResultStore
+        from vqbench.runner import run
+        from vqbench.spec import RunSpec
+        from vqbench.store import ResultStore
 
         job_id = current_job_id()
-        code = str(Path(sys.modules["bench"].__file__ or "").resolve().parent.parent)
+        code = str(Path(sys.modules["vqbench"].__file__ or "").resolve().parent.parent)
         results = Path(self.results)
         store = ResultStore(results)
         self._prepare()

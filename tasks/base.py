@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from bench.metrics import Evaluation
+from vqbench.metrics import Evaluation
 
 
 @dataclass

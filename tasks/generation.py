@@ -3,9 +3,9 @@
 The two-stage recipe of VQ-VAE / VQGAN (van den Oord et al., arXiv:1711.00937; Esser et al.,
 arXiv:2012.09841, sec. 3.2): the runner trains, through its one loop,
 
-1. ``tokenizer``: exactly the matching reconstruction task (:mod:`tasks.images`): the same
+1. ``tokenizer``: exactly the matching reconstruction task (:mod:`vqbench.tasks.images`): the same
    autoencoder, loss, batches and evaluation, under the generation run's budget;
-2. ``prior``: a GPT-style transformer (:class:`tasks.prior.TokenPrior`) on the code ids of the
+2. ``prior``: a GPT-style transformer (:class:`vqbench.tasks.prior.TokenPrior`) on the code ids of the
    frozen tokenizer in raster order, minimising the cross-entropy ``-(1/L) sum_i log p(s_i | s_<i)``.
    Its steps, lr and batch size are task parameters (``prior_*``; ``None`` = the budget's).
    The training (and eval) images are encoded once, lazily on the prior's first batch or
@@ -25,7 +25,7 @@ Evaluation of the prior (whole eval split):
 * samples: ``n_samples`` token grids drawn with ``temperature`` / ``top_k`` from a generator seeded
   with the run's seed, decoded by the tokenizer (``quantizer.decode_indices`` -> decoder):
   ``emitted_code_frac`` (codes the prior emits / K) and ``emitted_perplexity``;
-* Frechet distance of the samples to the eval images (gFID), by :mod:`bench.image_metrics`'s naming
+* Frechet distance of the samples to the eval images (gFID), by :mod:`vqbench.image_metrics`'s naming
   rule with prefix ``g``: ``gfd_randcnn`` always (the main metric: it exists everywhere), and
   ``gfid_inception`` (or ``gfd_<timm model>``) too when that extractor is available;
 * ``precision_<extractor>`` / ``recall_<extractor>``: Kynkaanniemi et al. (arXiv:1904.06991) with
@@ -49,17 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import vqbench.tasks.images  # noqa: F401  (registers the reconstruction tasks the gen-* tasks wrap)
 from torch import Tensor, nn
-
-import tasks.images  # noqa: F401  (registers the reconstruction tasks the gen-* tasks wrap)
-from bench.gen_metrics import BASE_GFD, cross_entropy_bits, emitted_codes, generative_extractors, precision_recall
-from bench.image_metrics import FrechetDistance
-from bench.metrics import Evaluation, code_counts
-from bench.registry import TASKS, register_task
-from bench.spec import RunSpec
-from tasks.base import EpochSampler, Stage, Task
-from tasks.image_data import iterate, to_model, to_unit
-from tasks.prior import TokenPrior
+from vqbench.gen_metrics import BASE_GFD, cross_entropy_bits, emitted_codes, generative_extractors, precision_recall
+from vqbench.image_metrics import FrechetDistance
+from vqbench.metrics import Evaluation, code_counts
+from vqbench.registry import TASKS, register_task
+from vqbench.spec import RunSpec
+from vqbench.tasks.base import EpochSampler, Stage, Task
+from vqbench.tasks.image_data import iterate, to_model, to_unit
+from vqbench.tasks.prior import TokenPrior
 
 GEN_VERSION = 1
 #: the prior's weights are drawn from a generator seeded with ``seed + PRIOR_SEED_OFFSET``

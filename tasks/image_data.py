@@ -16,7 +16,7 @@ Every loader returns ``(train, eval)`` :class:`ImageSource` splits whose items a
   (bicubic, antialiased), centre crop ``size x size``. :func:`load_imagenet` is its preset for an
   ImageNet folder (128 and 256 crops).
 
-A missing data path raises :class:`bench.errors.UserError` saying what was expected where and how
+A missing data path raises :class:`vqbench.errors.UserError` saying what was expected where and how
 to get it; nothing is ever downloaded unless the caller passes ``download=True``.
 """
 
@@ -33,9 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-from bench.errors import UserError
-from tasks.base import EpochSampler
+from vqbench.errors import UserError
+from vqbench.tasks.base import EpochSampler
 
 DATA_ENV = "VQBENCH_DATA"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".JPEG")

@@ -9,7 +9,7 @@ Registered names (``kind="reconstruction"``, main metric ``psnr``, higher is bet
 * ``imagenet128`` / ``imagenet256``: ILSVRC-2012 centre crops, f8 -> 16x16 / 32x32 tokens
   (the setting of SimVQ, arXiv:2411.02038, with 1k-65k codes).
 
-Model and objective: :mod:`tasks.vqgan` (Esser et al., arXiv:2012.09841). Per training step
+Model and objective: :mod:`vqbench.tasks.vqgan` (Esser et al., arXiv:2012.09841). Per training step
 ``L = L_rec + L_VQ [+ w_p LPIPS] [+ lambda w_adv L_G + L_D]`` with ``L_rec`` the mean squared
 (``rec_loss="l2"``) or absolute (``"l1"``) error in [-1, 1] pixel space and ``L_VQ`` the quantizer's
 own auxiliary loss. The generator and discriminator are updated by the runner's one optimizer in one
@@ -17,8 +17,8 @@ backward pass: the generator's adversarial term sees the discriminator with deta
 the discriminator's hinge loss sees detached reconstructions, so each part gets only its own gradient.
 
 Evaluation over the whole eval split: psnr, ssim, mse (on [0, 1] images), lpips when its weights
-are local, ``fid_inception`` or ``fd_<extractor>`` (:mod:`bench.image_metrics`), and every collapse
-metric of :func:`bench.metrics.collapse_metrics` on the code counts of all eval tokens, with encoder
+are local, ``fid_inception`` or ``fd_<extractor>`` (:mod:`vqbench.image_metrics`), and every collapse
+metric of :func:`vqbench.metrics.collapse_metrics` on the code counts of all eval tokens, with encoder
 embeddings (a fixed regular subsample of token positions, at most ``MAX_EMBEDDING_ROWS``) and, as the
 data's own representation, the ``f x f x C`` pixel patch under each sampled token.
 
@@ -38,13 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.errors import UserError
-from bench.image_metrics import ReconstructionMetrics, lpips_available, lpips_network
-from bench.metrics import CodebookUsage, Evaluation, collapse_metrics
-from bench.registry import register_task
-from tasks.base import Stage, Task
-from tasks.image_data import (
+from vqbench.errors import UserError
+from vqbench.image_metrics import ReconstructionMetrics, lpips_available, lpips_network
+from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
+from vqbench.registry import register_task
+from vqbench.tasks.base import Stage, Task
+from vqbench.tasks.image_data import (
     DEFAULT_PHOTOS,
     BatchLoader,
     ImageFolderImages,
@@ -59,8 +58,15 @@ from tasks.image_data import (
     to_model,
     to_unit,
 )
-from tasks.vqgan import Decoder as VQGANDecoder
-from tasks.vqgan import PatchDiscriminator, VQAutoencoder, adaptive_weight, build_encoder, frozen_call, hinge_d_loss
+from vqbench.tasks.vqgan import Decoder as VQGANDecoder
+from vqbench.tasks.vqgan import (
+    PatchDiscriminator,
+    VQAutoencoder,
+    adaptive_weight,
+    build_encoder,
+    frozen_call,
+    hinge_d_loss,
+)
 
 WORKERS_ENV = "VQBENCH_WORKERS"
 #: at most this many token embeddings (and pixel patches) enter the collapse metrics per evaluation
@@ -115,9 +121,9 @@ def token_patches(x: Tensor, f: int) -> Tensor:
 class ImageReconstructionTask(Task):
     """Reconstruct images through encoder -> quantizer -> decoder; subclasses supply :meth:`load_data`.
 
-    After ``setup``: ``train_data``/``eval_data`` (:class:`~tasks.image_data.ImageSource`),
+    After ``setup``: ``train_data``/``eval_data`` (:class:`~vqbench.tasks.image_data.ImageSource`),
     ``channels``, ``image_size`` (H, W), ``token_grid`` (h, w). :meth:`build_model` gives the
-    :class:`~tasks.vqgan.VQAutoencoder` (with its discriminator when ``adv_weight > 0``),
+    :class:`~vqbench.tasks.vqgan.VQAutoencoder` (with its discriminator when ``adv_weight > 0``),
     :meth:`reconstruction_stage` the training stage, :meth:`evaluate_model` one whole-split evaluation.
     """
 

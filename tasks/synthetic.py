@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.metrics import CodebookUsage, Evaluation, collapse_metrics
-from bench.registry import register_task
-from tasks.base import EpochSampler, Stage, Task
+from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
+from vqbench.registry import register_task
+from vqbench.tasks.base import EpochSampler, Stage, Task
 
 QUICK = {"steps": 600, "batch_size": 256, "lr": 2e-3, "eval_interval": 200}
 PAPER = {"steps": 20000, "batch_size": 1024, "lr": 1e-3, "eval_interval": 1000, "warmup_steps": 500}

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 #: default width multipliers per resolution level; f16 gives (1, 1, 2, 2, 4) as the VQGAN f16 config
 DEFAULT_CHANNEL_MULT = (1, 1, 2, 2, 4, 4, 8)

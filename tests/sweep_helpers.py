@@ -6,7 +6,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from slurm import jobs
+from vqbench.slurm import jobs
 
 GMM = "{n_train: 1024, n_eval: 256, hidden: 32, n_modes: 8, codebook_size: 32}"
 

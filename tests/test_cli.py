@@ -1,8 +1,7 @@
 import pytest
-
-from bench.cli import main, parse_assignments
-from bench.errors import UserError
-from bench.store import ResultStore
+from vqbench.commands.cli import main, parse_assignments
+from vqbench.errors import UserError
+from vqbench.store import ResultStore
 
 TINY = ["--set", "task.n_train=512", "--set", "task.n_eval=256", "--set", "task.hidden=32",
         "--set", "budget.steps=16", "--set", "budget.eval_interval=8", "--set", "budget.batch_size=64"]

@@ -1,9 +1,8 @@
-"""Every registered method passes the one conformance kit (bench.testing)."""
+"""Every registered method passes the one conformance kit (vqbench.testing)."""
 
 import pytest
-
-from bench.registry import METHODS
-from bench.testing import assert_quantizer_conforms, check_quantizer
+from vqbench.registry import METHODS
+from vqbench.testing import assert_quantizer_conforms, check_quantizer
 
 BUILTINS = [e.name for e in METHODS.entries() if e.source == "vqbench"]
 
@@ -14,13 +13,13 @@ def test_builtin_method_conforms(name):
 
 
 def test_kit_catches_a_broken_quantizer(tmp_path):
-    from bench.registry import load_plugin
+    from vqbench.registry import load_plugin
 
     plugin = tmp_path / "broken_q.py"
     plugin.write_text('''
 import torch
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer
+from vqbench.registry import register_method
+from vqbench.methods.base import QuantizeOutput, Quantizer
 
 @register_method("test-broken-q", family="test", description="breaks the contract")
 class Broken(Quantizer):

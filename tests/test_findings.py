@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from bench.findings import FINDINGS, draw_finding, finding_table
-from bench.runner import make_spec, run
+from vqbench.commands.findings import FINDINGS, draw_finding, finding_table
+from vqbench.runner import make_spec, run
 
 SMALL_MANIFOLD = {"n_train": 2048, "n_eval": 1024}
 SMALL_BUDGET = {"steps": 300, "batch_size": 128, "eval_interval": 300}
@@ -61,7 +60,7 @@ def test_finding_figure_data_and_meta_come_from_the_store(tmp_path):
 
 
 def test_missing_runs_say_what_to_do(tmp_path):
-    from bench.errors import UserError
+    from vqbench.errors import UserError
 
     with pytest.raises(UserError, match="vqbench reproduce tokens-collapse"):
         draw_finding(tmp_path, "tokens-collapse")

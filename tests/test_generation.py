@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from bench.gen_metrics import cross_entropy_bits, emitted_codes, knn_radii, manifold_coverage, precision_recall
-from tasks.prior import TokenPrior, sample_logits
+from vqbench.gen_metrics import cross_entropy_bits, emitted_codes, knn_radii, manifold_coverage, precision_recall
+from vqbench.tasks.prior import TokenPrior, sample_logits
 
 
 def tiny_prior(vocab: int = 11, seq_len: int = 6, **kw) -> TokenPrior:
@@ -166,8 +165,8 @@ def test_precision_recall_matches_brute_force_and_chunking():
 
 def test_gfd_naming_rule(monkeypatch):
     """gfd_randcnn always; the best extractor's gFD named like the reconstruction FID (g prefix), never mixed."""
-    import bench.gen_metrics as gm
-    from bench.image_metrics import INCEPTION_WEIGHTS_ENV
+    import vqbench.gen_metrics as gm
+    from vqbench.image_metrics import INCEPTION_WEIGHTS_ENV
 
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")  # no Inception weights in the hub cache
@@ -177,7 +176,7 @@ def test_gfd_naming_rule(monkeypatch):
 
     class Stub:  # stands in for an extractor whose weights this machine does not have
         def __init__(self, name, device):
-            from bench.image_metrics import fd_metric_name
+            from vqbench.image_metrics import fd_metric_name
 
             self.name, self.metric_name = name, lambda prefix="": fd_metric_name(name, prefix)
 
@@ -201,22 +200,22 @@ TOKENIZER_METRICS = ("psnr", "ssim", "mse", "utilization", "perplexity", "dead_c
 
 
 def recon_spec(seed: int = 0, **method_params):
-    from bench.runner import make_spec
+    from vqbench.runner import make_spec
 
     return make_spec("digits", "vq", TOY_DIGITS, method_params, seed=seed, budget=TOY_BUDGET)
 
 
 def gen_spec(seed: int = 0, prior=None, **method_params):
-    from bench.runner import make_spec
+    from vqbench.runner import make_spec
 
     return make_spec("gen-digits", "vq", {**TOY_DIGITS, **TOY_PRIOR, **(prior or {})}, method_params, seed=seed,
                      budget=TOY_BUDGET)
 
 
 def test_gen_tasks_are_registered_with_the_reconstruction_params():
-    from bench.errors import UserError
-    from bench.registry import TASKS
-    from bench.runner import make_spec
+    from vqbench.errors import UserError
+    from vqbench.registry import TASKS
+    from vqbench.runner import make_spec
 
     gen, recon = TASKS.get("gen-digits"), TASKS.get("digits")
     assert gen.kind == "generation" and gen.offline and gen.main_metric == "gfd_randcnn" and not gen.higher_is_better
@@ -235,7 +234,7 @@ def test_gen_tasks_are_registered_with_the_reconstruction_params():
 
 
 def test_reused_tokenizer_run_id_is_the_reconstruction_run_id():
-    from bench.registry import TASKS
+    from vqbench.registry import TASKS
 
     spec = gen_spec(seed=3, beta=0.3)
     task = TASKS.create(spec.task, **spec.task_params)
@@ -259,7 +258,7 @@ def _write_recon_run(root, run_id: str, status: str, models) -> None:
 
 
 def test_only_a_complete_ok_reconstruction_run_is_reused(tmp_path):
-    from bench.registry import TASKS
+    from vqbench.registry import TASKS
 
     spec = gen_spec()
     task = TASKS.create(spec.task, **spec.task_params)
@@ -279,7 +278,7 @@ def test_only_a_complete_ok_reconstruction_run_is_reused(tmp_path):
 
 
 def _train_rows(root, spec):
-    from bench.store import ResultStore
+    from vqbench.store import ResultStore
 
     df = ResultStore(root).load_metrics(spec.task)
     return df[df.split == "train"]
@@ -287,8 +286,8 @@ def _train_rows(root, spec):
 
 def test_generation_end_to_end_and_reuse_of_a_finished_tokenizer(tmp_path):
     """Full run (tokenizer + prior) vs a run that reuses the finished reconstruction run's tokenizer."""
-    from bench.runner import run
-    from bench.store import ResultStore
+    from vqbench.runner import run
+    from vqbench.store import ResultStore
 
     spec = gen_spec()
     tok_steps, prior_steps = TOY_BUDGET["steps"], TOY_PRIOR["prior_steps"]
@@ -329,8 +328,8 @@ def test_generation_end_to_end_and_reuse_of_a_finished_tokenizer(tmp_path):
 
 
 def test_generation_run_resumes_inside_the_prior_stage(tmp_path):
-    from bench.runner import run
-    from bench.store import ResultStore
+    from vqbench.runner import run
+    from vqbench.store import ResultStore
 
     spec = gen_spec(prior={"prior_steps": 4})
     reference = run(spec, tmp_path / "ref", progress=False)

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import vqbench.image_metrics as im
 from PIL import Image
-
-import bench.image_metrics as im
-from bench.errors import UserError
-from bench.registry import create_method, create_task
-from bench.runner import make_spec, run
-from bench.spec import Budget
-from tasks import image_data as data
-from tasks.vqgan import (
+from vqbench.errors import UserError
+from vqbench.registry import create_method, create_task
+from vqbench.runner import make_spec, run
+from vqbench.spec import Budget
+from vqbench.tasks import image_data as data
+from vqbench.tasks.vqgan import (
     Decoder,
     Encoder,
     PatchDiscriminator,
@@ -384,7 +383,7 @@ def test_digits_end_to_end(tmp_path):
     assert "lpips" not in result.final and "fid_inception" not in result.final
     again = run(spec, tmp_path / "again", progress=False)
     assert again.final == result.final  # deterministic on CPU
-    from bench.store import ResultStore
+    from vqbench.store import ResultStore
 
     row = ResultStore(tmp_path).load_runs().iloc[0]
     assert row["task_kind"] == "reconstruction" and row["items_per_s"] > 0
@@ -432,7 +431,7 @@ def test_feature_bank_is_pixel_patches_at_token_positions():
 
 
 def test_quick_budgets_and_metadata():
-    from bench.registry import TASKS
+    from vqbench.registry import TASKS
 
     for name in ("digits", "patches", "cifar10", "imagefolder", "imagenet128", "imagenet256"):
         entry = TASKS.get(name)

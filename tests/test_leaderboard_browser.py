@@ -24,9 +24,10 @@ from urllib.parse import urljoin, urlsplit
 import pandas as pd
 import pytest
 from test_leaderboard_helpers import expected_configs, parse_page, store_table, suites, synthetic_site
+from vqbench.leaderboard.data import slug
+from vqbench.leaderboard.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK
 
-from leaderboard.data import slug
-from leaderboard.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK
+pytestmark = pytest.mark.browser
 
 HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -69,7 +70,7 @@ def driver() -> Iterator:
 
 @pytest.fixture(scope="module")
 def http_root(synthetic) -> Iterator[str]:
-    from leaderboard.cli import make_server
+    from vqbench.leaderboard.cli import make_server
 
     _, site, _ = synthetic
     server = make_server(site, port=0, quiet=True)

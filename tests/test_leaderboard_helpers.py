@@ -1,8 +1,8 @@
 """Shared pieces of the leaderboard tests (no tests here): a built synthetic site, an independent
 recomputation of its numbers from the store, an HTML table reader and a link crawler.
 
-The expected numbers are recomputed with pandas straight from ``bench.store`` (not through
-``leaderboard.data``), so a wrong aggregation in the site cannot agree with them by construction.
+The expected numbers are recomputed with pandas straight from ``vqbench.store`` (not through
+``vqbench.leaderboard.data``), so a wrong aggregation in the site cannot agree with them by construction.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
-
-from bench.store import ResultStore, final_metrics
+from vqbench.store import ResultStore, final_metrics
 
 N_SYNTHETIC = 200
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # printed Student t tables, 2-sided 95%
@@ -51,8 +50,8 @@ def synthetic_site(tmp_path_factory) -> tuple[Path, Path, float]:
     """(results, site, build seconds) for a 200-run synthetic store with hostile plugin strings and a
     finding; built once per test process."""
     if "site" not in _CACHE:
-        from leaderboard.build import build_site
-        from leaderboard.synthetic_store import HOSTILE, generate
+        from vqbench.leaderboard.build import build_site
+        from vqbench.leaderboard.synthetic_store import HOSTILE, generate
 
         base = tmp_path_factory.mktemp("lb_synthetic")
         results, site = base / "results", base / "site"

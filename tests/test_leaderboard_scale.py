@@ -7,10 +7,9 @@ import time
 
 import pytest
 from test_leaderboard_helpers import crawl, read_tables
-
-from bench.store import ResultStore
-from leaderboard.build import build_site, timings
-from leaderboard.synthetic_store import generate
+from vqbench.leaderboard.build import build_site, timings
+from vqbench.leaderboard.synthetic_store import generate
+from vqbench.store import ResultStore
 
 N_RUNS = 10_000
 LIMIT_S = 60.0

@@ -8,13 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import vqbench.methods.ibq as ibq_module
 from torch import nn
-
-import methods.ibq as ibq_module
-from bench.registry import create_method
-from methods.base import nearest_code
-from methods.optvq import sinkhorn_assign
-from methods.vqlc import FROM_BANK, FROM_BATCH_DATA, FROM_BATCH_KMEANS, kmeans
+from vqbench.methods.base import nearest_code
+from vqbench.methods.optvq import sinkhorn_assign
+from vqbench.methods.vqlc import FROM_BANK, FROM_BATCH_DATA, FROM_BATCH_KMEANS, kmeans
+from vqbench.registry import create_method
 
 NEW_METHODS = ["simvq", "cvq", "vq-lc", "vq-affine", "ibq", "optvq"]
 
@@ -427,7 +426,7 @@ def test_kmeans_with_fewer_points_than_centres():
 # -- through the runner ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_runs_on_gmm(name, tmp_path):
-    from bench.runner import make_spec, run
+    from vqbench.runner import make_spec, run
 
     spec = make_spec("gmm", name, {"n_train": 1024}, {}, seed=0, budget={"steps": 30})
     result = run(spec, tmp_path / "results", progress=False)
@@ -438,7 +437,7 @@ def test_runs_on_gmm(name, tmp_path):
 @pytest.mark.parametrize("name, params", [("cvq", {"anchor": "random"}),
                                           ("vq-affine", {"affine": "running", "alternating": True})])
 def test_resume_gives_the_same_numbers(name, params, tmp_path):
-    from bench.runner import make_spec, run
+    from vqbench.runner import make_spec, run
 
     spec = make_spec("gmm", name, {"n_train": 512, "n_eval": 256}, params, seed=1,
                      budget={"steps": 20, "batch_size": 64, "eval_interval": 10})

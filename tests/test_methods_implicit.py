@@ -16,15 +16,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-import methods.gumbel as gumbel_module
-import methods.lfq as lfq_module
-from bench.registry import create_method
-from methods.base import nearest_code
-from methods.fsq import FSQuantizer, recommended_levels
-from methods.gumbel import GumbelQuantizer, anneal
-from methods.lfq import BinarySphericalQuantizer, LookupFreeQuantizer
-from methods.sqvae import SQVAEQuantizer
+import vqbench.methods.gumbel as gumbel_module
+import vqbench.methods.lfq as lfq_module
+from vqbench.methods.base import nearest_code
+from vqbench.methods.fsq import FSQuantizer, recommended_levels
+from vqbench.methods.gumbel import GumbelQuantizer, anneal
+from vqbench.methods.lfq import BinarySphericalQuantizer, LookupFreeQuantizer
+from vqbench.methods.sqvae import SQVAEQuantizer
+from vqbench.registry import create_method
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -396,7 +395,7 @@ def test_codebook_and_decode_agree_with_z_q(name):
 
 @pytest.mark.parametrize("name", ["fsq", "lfq", "bsq", "gumbel", "sqvae"])
 def test_short_gmm_run(tmp_path, name):
-    from bench.runner import make_spec, run
+    from vqbench.runner import make_spec, run
 
     spec = make_spec("gmm", name, task_params={"n_train": 1024}, budget={"steps": 30})
     result = run(spec, tmp_path, progress=False)
@@ -407,8 +406,8 @@ def test_short_gmm_run(tmp_path, name):
 @pytest.mark.parametrize("name", ["gumbel", "sqvae"])
 def test_resumed_run_matches_uninterrupted(tmp_path, name):
     """The annealed temperature and step live in buffers: a killed-and-resumed run gives identical metrics."""
-    from bench.runner import make_spec, run
-    from bench.store import ResultStore
+    from vqbench.runner import make_spec, run
+    from vqbench.store import ResultStore
 
     spec = make_spec("gmm", name, task_params={"n_train": 1024, "n_eval": 512},
                      budget={"steps": 30, "eval_interval": 10})

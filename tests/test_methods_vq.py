@@ -13,13 +13,9 @@ import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch.vector_quantize_pytorch import orthogonal_loss_fn
 from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to as vqpt_rotate_to
-
-from bench.registry import METHODS, create_method
-from bench.runner import make_spec, run
-from bench.store import ResultStore
-from methods.base import blocked_argmin, data_relative_codes, nearest_code, search_block
-from methods.ibq import max_inner_product
-from methods.vq import (
+from vqbench.methods.base import blocked_argmin, data_relative_codes, nearest_code, search_block
+from vqbench.methods.ibq import max_inner_product
+from vqbench.methods.vq import (
     VectorQuantizer,
     kmeans,
     orthogonal_penalty,
@@ -27,6 +23,9 @@ from methods.vq import (
     soft_assignment_entropy,
     unit_rows,
 )
+from vqbench.registry import METHODS, create_method
+from vqbench.runner import make_spec, run
+from vqbench.store import ResultStore
 
 PRESETS = ["vq", "vq-ema", "vq-kmeans", "vq-restart", "vq-l2", "vq-rotation", "vq-orthoreg", "vq-entropy",
            "vq-deferred"]
@@ -683,7 +682,7 @@ def test_kmeans_pp_seeding_with_more_codes_than_rows_is_the_same_draw_as_one_at_
 
 @pytest.mark.parametrize("width", [64, 128, 1024, 100])
 def test_two_level_row_min_equals_min_with_indices(width):
-    from methods.base import _row_min
+    from vqbench.methods.base import _row_min
 
     dist = torch.randn(300, width, generator=torch.Generator().manual_seed(width)).round(decimals=1)  # many ties
     values, indices = torch.empty(300), torch.empty(300, dtype=torch.long)
@@ -695,7 +694,7 @@ def test_two_level_row_min_equals_min_with_indices(width):
 
 
 def test_squared_norms_in_chunks_are_the_plain_values():
-    from methods.base import squared_norms
+    from vqbench.methods.base import squared_norms
 
     rows = torch.randn(1000, 7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(squared_norms(rows, chunk_rows=64), rows.pow(2).sum(dim=1))

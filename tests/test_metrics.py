@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-
-from bench import metrics as M
+from vqbench import metrics as M
 
 
 def test_usage_metrics_formulas():

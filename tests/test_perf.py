@@ -13,10 +13,9 @@ import time
 import pandas as pd
 import pytest
 import torch
-
-from bench import perf
-from bench.perf import VQP, Cell
-from bench.store import PERF_SCHEMA, load_perf
+from vqbench.commands import perf
+from vqbench.commands.perf import VQP, Cell
+from vqbench.store import PERF_SCHEMA, load_perf
 
 GIB = 2**30
 
@@ -197,7 +196,7 @@ def test_cli_arguments_parse():
 
 
 def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
-    from bench import gpu_check
+    from vqbench.commands import gpu_check
 
     assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 262144, 8, 131072, "forward_backward"))
     assert gpu_check.skipped(Cell("vqbench", "vq-kmeans", 1048576, 8, 16384, "forward_backward")) is None  # N steps
@@ -216,7 +215,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     assert (train["status"] == "unsupported").sum() == 1  # the unknown task, with the reason
     table = rows[rows["measure"] != "train_step"]
     assert set(table["status"]) == {"ok", "unsupported"}
-    assert (tmp_path / "summary.txt").read_text().startswith("python -m bench.gpu_check --out")
+    assert (tmp_path / "summary.txt").read_text().startswith("python -m vqbench.commands.gpu_check --out")
 
 
 def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_times():

@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench.cli import main
-from bench.errors import UserError
-from bench.registry import METHODS, load_plugin
+from vqbench.commands.cli import main
+from vqbench.errors import UserError
+from vqbench.registry import METHODS, load_plugin
 
 # A small real method the "researcher" fills in: cosine-similarity lookup with l2-normalised codes.
 FILLED_IN = '''
@@ -16,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
+from vqbench.registry import register_method
+from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
 
 
 @register_method("{name}", version=1, paper="2110.04627", family="vq", description="cosine VQ (e2e test)",
@@ -58,15 +57,15 @@ def test_scaffold_install_check_run_leaderboard(tmp_path, capsys):
     assert installed.returncode == 0, installed.stderr
     try:
         # a fresh process sees the entry point, as a user's next command would
-        listed = subprocess.run([sys.executable, "-m", "bench.cli", "list", "methods", "e2e*"],
+        listed = subprocess.run([sys.executable, "-m", "vqbench.commands.cli", "list", "methods", "e2e*"],
                                 capture_output=True, text=True, timeout=120)
         assert name in listed.stdout and "vqbench-e2e-cosine-vq==0.1.0" in listed.stdout, listed.stderr
-        checked = subprocess.run([sys.executable, "-m", "bench.cli", "check", "method", name],
+        checked = subprocess.run([sys.executable, "-m", "vqbench.commands.cli", "check", "method", name],
                                  capture_output=True, text=True, timeout=300)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "0 failed" in checked.stdout
         results, site = tmp_path / "results", tmp_path / "site"
-        ran = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--task", "gmm", "--method", name,
+        ran = subprocess.run([sys.executable, "-m", "vqbench.commands.cli", "run", "--task", "gmm", "--method", name,
                               "--results", str(results), "--set", "task.n_train=512", "--set", "task.n_eval=256",
                               "--set", "budget.steps=20", "--set", "budget.eval_interval=10"],
                              capture_output=True, text=True, timeout=300)
@@ -77,7 +76,7 @@ def test_scaffold_install_check_run_leaderboard(tmp_path, capsys):
         assert main(["leaderboard", "build", "--results", str(results), "--out", str(site)]) == 0
         pages = "".join(p.read_text() for p in site.rglob("*.html"))
         assert name in pages and "vqbench-e2e-cosine-vq" in pages  # its row, with its source
-        from bench.store import ResultStore
+        from vqbench.store import ResultStore
 
         row = ResultStore(results).load_runs().iloc[0]
         assert row.method == name and row.method_source == "vqbench-e2e-cosine-vq==0.1.0"
@@ -88,7 +87,7 @@ def test_scaffold_install_check_run_leaderboard(tmp_path, capsys):
 
 def test_plugin_cannot_replace_a_builtin(tmp_path):
     plugin = tmp_path / "steal.py"
-    plugin.write_text("from bench.registry import register_method\n"
+    plugin.write_text("from vqbench.registry import register_method\n"
                       "register_method('vq', family='vq', description='impostor')(lambda dim, codebook_size: None)\n")
     with pytest.raises(UserError, match=r"'vq' is registered twice: by vqbench .* and by file:.*steal\.py"):
         load_plugin(str(plugin))
@@ -107,13 +106,13 @@ def test_broken_plugin_on_the_command_line_is_one_line(tmp_path, capsys):
 def test_scaffold_refuses_bad_names_and_non_empty_dirs(tmp_path):
     with pytest.raises(UserError, match="lowercase"):
         main_args = ["new", "method", "Bad Name", "--dir", str(tmp_path / "x")]
-        from bench.scaffold import scaffold_method
+        from vqbench.commands.scaffold import scaffold_method
 
         scaffold_method(main_args[2], tmp_path / "x")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(UserError, match="not empty"):
-        from bench.scaffold import scaffold_method
+        from vqbench.commands.scaffold import scaffold_method
 
         scaffold_method("ok-name", tmp_path / "full")
     assert Path(tmp_path / "x").exists() is False

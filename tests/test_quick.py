@@ -1,7 +1,7 @@
 """The main job, `vqbench quick`, end to end on a tiny budget (the smoke variant of the quick suite)."""
 
-from bench.cli import main
-from bench.store import ResultStore
+from vqbench.commands.cli import main
+from vqbench.store import ResultStore
 
 
 def test_quick_smoke_runs_stores_builds_site_and_reruns_nothing(tmp_path, capsys):

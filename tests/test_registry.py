@@ -1,9 +1,8 @@
 import warnings
 
 import pytest
-
-from bench.errors import UserError
-from bench.registry import METHODS, TASKS, Entry, Registry, create_method, list_methods, load_plugin
+from vqbench.errors import UserError
+from vqbench.registry import METHODS, TASKS, Entry, Registry, create_method, list_methods, load_plugin
 
 
 def make_registry():
@@ -78,8 +77,8 @@ def test_builtins_come_from_entry_points():
 def test_file_plugin_registers_with_source_and_is_idempotent(tmp_path):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(
-        "from bench.registry import register_method\n"
-        "from methods.vq import VectorQuantizer\n"
+        "from vqbench.registry import register_method\n"
+        "from vqbench.methods.vq import VectorQuantizer\n"
         "register_method('test-file-plugin-vq', family='vq', beta=0.5)(VectorQuantizer)\n")
     try:
         source = load_plugin(str(plugin))

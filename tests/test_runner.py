@@ -2,11 +2,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from bench.errors import UserError
-from bench.registry import load_plugin
-from bench.runner import run
-from bench.store import ResultStore
+from vqbench.errors import UserError
+from vqbench.registry import load_plugin
+from vqbench.runner import run
+from vqbench.store import ResultStore
 
 NAN_PLUGIN = str(Path(__file__).parent / "plugins" / "nan_method.py")
 
@@ -95,7 +94,7 @@ def test_version_mismatch_is_a_user_error(tmp_path, tiny_spec):
 
 
 def test_steps_that_train_nothing_are_skipped_not_failed(tmp_path):
-    from bench.runner import make_spec
+    from vqbench.runner import make_spec
 
     # gmm-codebook has no encoder; vq-deferred is the identity during warm-up: nothing has a gradient there
     spec = make_spec("gmm-codebook", "vq-deferred", {"n_train": 512, "n_eval": 256}, {"warmup_fraction": 0.5},

@@ -23,14 +23,13 @@ from pathlib import Path
 import pytest
 from sweep_helpers import starts, wait_for
 from sweep_helpers import sweep_file as _sweep_file
+from vqbench.registry import METHODS
+from vqbench.slurm import jobs
+from vqbench.slurm.launch import run_sweep, sweep_status
+from vqbench.slurm.sweep import load_sweep
+from vqbench.store import ResultStore, final_metrics
 
-from bench.registry import METHODS
-from bench.store import ResultStore, final_metrics
-from slurm import jobs
-from slurm.launch import run_sweep, sweep_status
-from slurm.sweep import load_sweep
-
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slurm
 
 SCRIPT = Path(__file__).resolve().parent.parent / "slurm" / "testcluster.sh"
 STATE_DIR = os.environ.get("VQBENCH_SLURM_DIR", "/tmp/vqbench-slurm")
@@ -104,8 +103,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.registry import register_method
+from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
 
 
 @register_method("{name}", version=1, family="plugin-test", description="file plugin for the Slurm tests")
@@ -240,7 +239,7 @@ def test_driver_killed_mid_sweep_then_rerun_submits_nothing_twice(cluster, tmp_p
                       executor=EXECUTOR.replace("array_parallelism: 2", "array_parallelism: 1"))
     results = tmp_path / "results"
     sweep = load_sweep(path)
-    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", "run", str(path), "--results",
+    driver = subprocess.Popen([sys.executable, "-m", "vqbench.commands.cli", "sweep", "run", str(path), "--results",
                                str(results), "--executor", "slurm", "--wait", "--poll", "0.5"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

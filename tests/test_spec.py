@@ -1,10 +1,9 @@
 import dataclasses
 
 import pytest
-
-from bench.errors import UserError
-from bench.runner import make_spec
-from bench.spec import Budget, RunSpec
+from vqbench.errors import UserError
+from vqbench.runner import make_spec
+from vqbench.spec import Budget, RunSpec
 
 
 def test_same_spec_same_id_and_json_round_trip():

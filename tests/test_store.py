@@ -3,8 +3,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
-
-from bench.store import ResultStore, atomic_write_table, final_metrics
+from vqbench.store import ResultStore, atomic_write_table, final_metrics
 
 
 def record(run_id="r1", status="ok", task="gmm"):
@@ -89,7 +88,7 @@ def test_sweep_membership_adds_suites(tmp_path):
     with pytest.warns(UserWarning, match="broken.json"):
         members = store.sweep_members()
     assert members == {"r1": {"b"}, "r9": {"b"}}
-    from leaderboard.data import load
+    from vqbench.leaderboard.data import load
 
     with pytest.warns(UserWarning, match="broken.json"):
         data = load(tmp_path)

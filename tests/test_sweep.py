@@ -16,17 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from bench.errors import UserError
-from bench.registry import METHODS, TASKS
-from bench.runner import make_spec, task_budget
-from bench.store import ResultStore
-from methods.base import QuantizeOutput, Quantizer, nearest_code
-from slurm import jobs
-from slurm.config import ConfigError
-from slurm.launch import collect_sweep, run_sweep, sweep_status
-from slurm.profile import load_profile
-from slurm.sweep import SUITES_DIR, load_sweep, parse_sweep
+from vqbench.errors import UserError
+from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.registry import METHODS, TASKS
+from vqbench.runner import make_spec, task_budget
+from vqbench.slurm import jobs
+from vqbench.slurm.config import ConfigError
+from vqbench.slurm.launch import collect_sweep, run_sweep, sweep_status
+from vqbench.slurm.profile import load_profile
+from vqbench.slurm.sweep import SUITES_DIR, load_sweep, parse_sweep
+from vqbench.store import ResultStore
 
 TINY_GMM = "{n_train: 256, n_eval: 128, hidden: 16, n_modes: 4, codebook_size: 16}"
 TINY_BUDGET = "{steps: 20, batch_size: 32, eval_interval: 10}"
@@ -290,8 +289,8 @@ def test_skip_unknown_drops_unknown_names_and_reports_them(tmp_path):
 
 # -- profiles --------------------------------------------------------------------------------------
 def test_shipped_profiles_and_inline_overrides():
-    from slurm.config import Where
-    from slurm.launch import sbatch_preview
+    from vqbench.slurm.config import Where
+    from vqbench.slurm.launch import sbatch_preview
 
     gpu = load_profile("gpu", Where("test"))
     assert (gpu.cluster, gpu.gpus, gpu.time, gpu.mem, gpu.name) == ("slurm", 1, 720, "64G", "gpu")
@@ -310,7 +309,7 @@ def test_shipped_profiles_and_inline_overrides():
 
 
 def test_local_concurrency_is_capped_by_cpus_and_array_parallelism(monkeypatch):
-    from slurm.profile import Profile
+    from vqbench.slurm.profile import Profile
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert Profile().local_parallelism() == 8
@@ -324,7 +323,7 @@ def test_local_concurrency_is_capped_by_cpus_and_array_parallelism(monkeypatch):
 @pytest.mark.parametrize("value, minutes", [(90, 90), ("2:00:00", 120), ("1-00:00:00", 1440), ("30:30", 31),
                                             ("0:01:01", 2)])
 def test_profile_time_formats(value, minutes):
-    from slurm.config import Where
+    from vqbench.slurm.config import Where
 
     assert load_profile({"time": value}, Where("t")).time == minutes
 
@@ -495,7 +494,7 @@ def test_squeue_and_sacct_parsing():
 
 
 def test_sweep_cli_run_status_collect(tmp_path, capsys):
-    from bench.cli import main
+    from vqbench.commands.cli import main
 
     path = write(tmp_path, base_yaml(methods="[swt-a]"))
     results = str(tmp_path / "results")
@@ -598,8 +597,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.registry import register_method
+from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
 
 
 @register_method("{name}", version=1, family="plugin-test", description="file plugin for the sweep tests",

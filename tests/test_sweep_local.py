@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from sweep_helpers import starts, sweep_file, wait_for
-
-from bench.runner import run
-from bench.store import ResultStore, final_metrics
-from slurm import jobs
-from slurm.launch import run_sweep, sweep_status
-from slurm.sweep import load_sweep
+from vqbench.runner import run
+from vqbench.slurm import jobs
+from vqbench.slurm.launch import run_sweep, sweep_status
+from vqbench.slurm.sweep import load_sweep
+from vqbench.store import ResultStore, final_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,7 @@ def test_local_driver_killed_mid_sweep_then_rerun_does_nothing_twice(tmp_path):
                       "{steps: 1500, batch_size: 64, eval_interval: 500}",
                       "{cluster: local, array_parallelism: 1, time: 20}")
     results = tmp_path / "results"
-    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", "run", str(path), "--results",
+    driver = subprocess.Popen([sys.executable, "-m", "vqbench.commands.cli", "sweep", "run", str(path), "--results",
                                str(results), "--wait", "--poll", "0.5"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:

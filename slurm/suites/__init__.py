@@ -1,1 +1,1 @@
-"""The official sweep files (the `quick` and `paper` suites); `slurm.sweep.load_sweep("quick")` finds them."""
+"""The official sweep files (the `quick` and `paper` suites); `vqbench.slurm.sweep.load_sweep("quick")` finds them."""

@@ -1,9 +1,8 @@
 """A test plugin: a VQ whose loss turns NaN once it has seen ``nan_after`` training batches."""
 
 import torch
-
-from bench.registry import register_method
-from methods.vq import VectorQuantizer
+from vqbench.methods.vq import VectorQuantizer
+from vqbench.registry import register_method
 
 
 @register_method("test-nan-vq", family="test", description="VQ that diverges on purpose", nan_after=10)

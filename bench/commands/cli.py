@@ -16,9 +16,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from bench.errors import UserError
+from vqbench.errors import UserError
 
-AREA_CLIS = ("leaderboard.cli", "slurm.cli")
+AREA_CLIS = ("vqbench.leaderboard.cli", "vqbench.slurm.cli")
 
 
 def parse_value(text: str) -> Any:
@@ -51,7 +51,7 @@ def parse_assignments(items: Sequence[str] | None) -> tuple[dict[str, Any], dict
 
 
 def load_plugins(args: argparse.Namespace) -> None:
-    from bench.registry import load_plugin
+    from vqbench.registry import load_plugin
 
     for plugin in getattr(args, "plugin", None) or ():
         load_plugin(plugin)
@@ -59,7 +59,7 @@ def load_plugins(args: argparse.Namespace) -> None:
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.registry import METHODS, TASKS
+    from vqbench.registry import METHODS, TASKS
 
     registry = METHODS if args.what == "methods" else TASKS
     entries = registry.entries(args.pattern)
@@ -94,12 +94,12 @@ def _print_result(result: Any, spec: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import make_spec, run
+    from vqbench.runner import make_spec, run
 
     task_params, method_params, budget_overrides = parse_assignments(args.set)
     budget: Any = args.budget
     if budget_overrides:
-        from bench.runner import task_budget
+        from vqbench.runner import task_budget
 
         base = task_budget(args.task, args.budget)
         try:
@@ -114,8 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     import pandas as pd
-
-    from bench.store import ResultStore, final_metrics
+    from vqbench.store import ResultStore, final_metrics
 
     store = ResultStore(args.results)
     runs = store.load_runs()
@@ -140,8 +139,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_quick(args: argparse.Namespace) -> int:
-    from slurm.launch import run_sweep
-    from slurm.sweep import load_sweep
+    from vqbench.slurm.launch import run_sweep
+    from vqbench.slurm.sweep import load_sweep
 
     sweep = load_sweep("quick")
     if args.methods or args.tasks or args.smoke:
@@ -150,7 +149,7 @@ def cmd_quick(args: argparse.Namespace) -> int:
     workers = args.workers or os.cpu_count() or 1
     summary = run_sweep(sweep, args.results, executor="debug", wait=True, device=args.device, workers=workers)
     print(summary.format())
-    from leaderboard.build import build_site
+    from vqbench.leaderboard.build import build_site
 
     index = build_site(args.results, args.out)
     print(f"leaderboard: {index}  (open it in a browser, or `vqbench leaderboard serve --out {args.out}`)")
@@ -160,8 +159,8 @@ def cmd_quick(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.registry import METHODS
-    from bench.testing import check_quantizer
+    from vqbench.registry import METHODS
+    from vqbench.testing import check_quantizer
 
     METHODS.get(args.name)  # unknown names fail with suggestions
     _, method_params, _ = parse_assignments(args.set)
@@ -174,7 +173,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from bench.scaffold import scaffold_method
+    from vqbench.commands.scaffold import scaffold_method
 
     root = scaffold_method(args.name, args.dir, family=args.family)
     print(f"wrote plugin {args.name!r} to {root}/\nnext: pip install -e {root} && vqbench list methods {args.name} "
@@ -188,8 +187,7 @@ SMOKE_BUDGET = {"steps": 8, "eval_interval": 4}
 def _narrow_quick(sweep: Any, args: argparse.Namespace) -> Any:
     """The quick suite restricted to some methods/tasks, or as a smoke test (suite ``quick-smoke``: 8 steps)."""
     import yaml
-
-    from slurm.sweep import parse_sweep
+    from vqbench.slurm.sweep import parse_sweep
 
     data = yaml.safe_load(sweep.path.read_text())
     words = []
@@ -213,9 +211,9 @@ REPRODUCTIONS = {"tokens-collapse": ("tokens-collapse", "tokens-collapse-offset"
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
-    from bench.findings import draw_finding
-    from slurm.launch import run_sweep
-    from slurm.sweep import load_sweep
+    from vqbench.commands.findings import draw_finding
+    from vqbench.slurm.launch import run_sweep
+    from vqbench.slurm.sweep import load_sweep
 
     start = time.perf_counter()
     sweep = load_sweep(args.name)
@@ -300,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", parents=[common],
                        help="speed and memory of the quantizers vs vector-quantize-pytorch and torch.mm")
-    from bench.perf import add_perf_arguments, cmd_perf
+    from vqbench.commands.perf import add_perf_arguments, cmd_perf
 
     add_perf_arguments(p)
     p.set_defaults(func=cmd_perf)

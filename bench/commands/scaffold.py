@@ -6,7 +6,7 @@ import keyword
 import re
 from pathlib import Path
 
-from bench.errors import UserError
+from vqbench.errors import UserError
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=68"]
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.registry import register_method
-from methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
+from vqbench.registry import register_method
+from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
 
 
 @register_method("{name}", version=1, paper=None, family="{family}",
@@ -80,7 +80,7 @@ class {cls}(Quantizer):
         """Called before each optimizer step: schedules, restarts, deferred switches go here."""
 '''
 
-TEST = '''from bench.testing import assert_quantizer_conforms
+TEST = '''from vqbench.testing import assert_quantizer_conforms
 
 
 def test_{module}_conforms_to_the_quantizer_contract():

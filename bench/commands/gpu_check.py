@@ -1,10 +1,10 @@
 """One command, one GPU, under 8 minutes: the quantizer performance table and the image tasks' training speed.
 
-    python -m bench.gpu_check --out DIR
+    python -m vqbench.commands.gpu_check --out DIR
 
-writes, under the results folder ``DIR`` (``bench.store`` layout, readable with ``bench.store.load_perf(DIR)``):
+writes, under the results folder ``DIR`` (``vqbench.store`` layout, readable with ``vqbench.store.load_perf(DIR)``):
 
-1. ``perf/<id>.parquet``: the ``vqbench perf`` table (:mod:`bench.perf`) at GPU sizes, in this order so that a
+1. ``perf/<id>.parquet``: the ``vqbench perf`` table (:mod:`vqbench.commands.perf`) at GPU sizes, in this order so that a
    spent time budget cuts the least important cells: ``vq`` and ``simvq`` at K = 65536, dim 256, N = 16384 next to
    vector-quantize-pytorch; the nearest-code search vs ``torch.mm`` at every (K, dim); then every method at every
    (K, dim), smallest K first. Every cell is measured in this one process (``torch.cuda.max_memory_allocated``),
@@ -14,7 +14,7 @@ writes, under the results folder ``DIR`` (``bench.store`` layout, readable with 
 2. ``perf/<id>-train.parquet``: ``measure="train_step"`` rows: the runner's training speed on every registered
    image reconstruction task (``kind="reconstruction"``) at its ``paper`` budget's batch size, for ``vq`` and
    ``simvq``. After one discarded warm-up run of A steps (first-call kernels, cuDNN plans, the memory pool), two
-   short runs of ``bench.runner.run`` (``--image-steps`` A and B steps, in a temporary results folder, so nothing
+   short runs of ``vqbench.runner.run`` (``--image-steps`` A and B steps, in a temporary results folder, so nothing
    enters the leaderboard) give the marginal rate ``(B - A) * batch / (train_time_B - train_time_A)`` images/s,
    which cancels the per-run costs both share (model build, data setup). The runner's training time synchronises
    the GPU at each log window, so queued work is counted. A task that cannot run here (no data on this machine,
@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.perf import (
+from vqbench.commands.perf import (
     DIMS,
     MAIN_METHODS,
     N_VECTORS,
@@ -82,7 +82,7 @@ def skipped(cell: Cell) -> str | None:
 
 
 def image_tasks(names: Sequence[str] | None) -> list[str]:
-    from bench.registry import TASKS
+    from vqbench.registry import TASKS
 
     if names:
         return list(names)
@@ -92,11 +92,10 @@ def image_tasks(names: Sequence[str] | None) -> list[str]:
 def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> dict[str, Any]:
     """Marginal training speed of ``method`` on ``task`` at the task's paper batch size (see the module docstring)."""
     import torch
-
-    from bench.errors import UserError
-    from bench.registry import TASKS
-    from bench.runner import make_spec, run, task_budget
-    from bench.store import ResultStore
+    from vqbench.errors import UserError
+    from vqbench.registry import TASKS
+    from vqbench.runner import make_spec, run, task_budget
+    from vqbench.store import ResultStore
 
     base: dict[str, Any] = {"method": method, "codebook_size": 0, "dim": 0, "n": 0}
     try:
@@ -141,7 +140,7 @@ def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vqbench.commands.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="results folder the rows are written to")
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the whole check")
     parser.add_argument("--device", default="cuda")
@@ -159,19 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-steps", type=int_list, default=[20, 120],
                         help="the two run lengths whose difference gives the training speed")
     args = parser.parse_args(argv)
-    command = "python -m bench.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m vqbench.commands.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.monotonic()
     deadline = start + args.budget_s
 
     import torch
-
-    from bench.registry import METHODS, TASKS
-    from bench.runner import select_device
-    from bench.store import ResultStore
+    from vqbench.registry import METHODS, TASKS
+    from vqbench.runner import select_device
+    from vqbench.store import ResultStore
 
     if not METHODS.list() or not TASKS.list():  # a checkout used without `pip install -e .`: no entry points
-        import methods  # noqa: F401
-        import tasks  # noqa: F401
+        import vqbench.methods  # noqa: F401
+        import vqbench.tasks  # noqa: F401
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA device here (torch.cuda.is_available() is False); use --device cpu to try the "
               "script on small sizes", file=sys.stderr)

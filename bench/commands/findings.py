@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-
-from bench.errors import UserError
-from bench.store import ResultStore, final_metrics
+from vqbench.errors import UserError
+from vqbench.store import ResultStore, final_metrics
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """``vqbench perf``: speed and memory of the quantizers, next to vector-quantize-pytorch and ``torch.mm``.
 
-Three measures, one row each per cell (``bench.store.PERF_SCHEMA``, one Parquet file per invocation):
+Three measures, one row each per cell (``vqbench.store.PERF_SCHEMA``, one Parquet file per invocation):
 
 * ``forward_backward``: one training-mode forward of a quantizer on ``N`` random vectors ``z`` (N, dim) plus the
   backward of ``loss + sum(z_q * g)`` (``g`` a fixed random upstream gradient), for vqbench's registered method
@@ -11,10 +11,10 @@ Three measures, one row each per cell (``bench.store.PERF_SCHEMA``, one Parquet 
   the two implementations' calls alternating in one process (:func:`time_interleaved`), so that both see the same
   background load; the note keeps the time measured alone. The vqbench row's note carries the ratio
   ``time(vqbench) / time(vector-quantize-pytorch)`` and the same for memory (below 1: vqbench is better).
-* ``nearest_code_search``: :func:`methods.base.nearest_code` on (N, dim) x (K, dim); ``gflops`` is the achieved
+* ``nearest_code_search``: :func:`vqbench.methods.base.nearest_code` on (N, dim) x (K, dim); ``gflops`` is the achieved
   rate of its ``2 N K dim`` multiply-adds.
 * ``matmul``: ``torch.mm`` on the same shapes, the faster of two tilings into a reused output buffer (row blocks
-  whose output is at most 1 GiB, so K = 2^20 fits, and the search's own blocks, :func:`methods.base.search_block`):
+  whose output is at most 1 GiB, so K = 2^20 fits, and the search's own blocks, :func:`vqbench.methods.base.search_block`):
   the practical limit of the search. The search row's note says which fraction of that rate it achieves.
 
 On CPU the measuring processes keep freed memory for reuse (:func:`keep_freed_memory`), as PyTorch's caching
@@ -117,7 +117,7 @@ def cell_params(method: str, codebook_size: int) -> tuple[dict[str, Any], int]:
         levels = fsq_levels(codebook_size)
         if levels is not None:
             return {"levels": levels}, codebook_size
-        from methods.fsq import recommended_levels
+        from vqbench.methods.fsq import recommended_levels
 
         return {}, math.prod(recommended_levels(codebook_size))
     if method in ("lfq", "bsq"):
@@ -138,7 +138,7 @@ VQP_NK_FACTORS = {"vq": 6.5, "vq-rotation": 6.5, "vq-ema": 6.5, "vq-kmeans": 7.5
 
 
 def _search_chunk_bytes() -> int:
-    from methods.base import SEARCH_CHUNK_ELEMENTS
+    from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS
 
     return 4 * SEARCH_CHUNK_ELEMENTS
 
@@ -187,8 +187,8 @@ def vqp_equivalent(method: str) -> str | None:
 
 
 def _build_vqbench(method: str, dim: int, codebook_size: int) -> tuple[Any, Callable[[Any], tuple[Any, Any]], int]:
-    from bench.errors import UserError
-    from bench.registry import METHODS
+    from vqbench.errors import UserError
+    from vqbench.registry import METHODS
 
     if method not in METHODS:
         raise Unsupported(f"method {method!r} is not registered in this vqbench")
@@ -237,7 +237,7 @@ def _build_vqp(method: str, dim: int, codebook_size: int) -> tuple[Any, Callable
     elif method == "fsq":
         levels = fsq_levels(k)
         if levels is None:
-            from methods.fsq import recommended_levels
+            from vqbench.methods.fsq import recommended_levels
 
             levels = recommended_levels(k)
         if min(levels) < 3:
@@ -314,12 +314,12 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
         x = torch.randn(n, d, generator=g).to(device)
         codes = torch.randn(k, d, generator=g).to(device)
         if cell.measure == "nearest_code_search":
-            from methods.base import nearest_code
+            from vqbench.methods.base import nearest_code
 
             fn: Callable[[], Any] = lambda: nearest_code(x, codes)
             note = ""
         else:  # the faster of two tilings of the same product: the practical limit on this device
-            from methods.base import search_block
+            from vqbench.methods.base import search_block
 
             best = None
             for rows, width in dict.fromkeys([(matmul_block_rows(n, k), k), search_block(device, n, k)]):
@@ -511,12 +511,11 @@ def keep_freed_memory() -> bool:
 
 
 def _worker_main() -> int:
-    """``python -m bench.perf --worker``: read {cell, device, cap} JSON on stdin, print one result line."""
+    """``python -m vqbench.commands.perf --worker``: read {cell, device, cap} JSON on stdin, print one result line."""
     keep_freed_memory()
     request = json.loads(sys.stdin.read())
     import torch
-
-    import methods  # noqa: F401  - imported before the baseline so that its memory is not the cell's
+    import vqbench.methods  # noqa: F401  - imported before the baseline so that its memory is not the cell's
     try:
         import vector_quantize_pytorch  # noqa: F401
     except ImportError:
@@ -561,7 +560,7 @@ def measure_cell_isolated(cell: Cell, device: str, memory_cap_bytes: int | None,
 def _run_worker(request_data: dict[str, Any], cell: Cell, timeout_s: float | None) -> dict[str, Any]:
     request = json.dumps(request_data)
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.perf", "--worker"], input=request, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "vqbench.commands.perf", "--worker"], input=request, capture_output=True,
                               text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "error", "codebook_size": cell.codebook_size,
@@ -662,8 +661,8 @@ def run_perf(results: str | os.PathLike[str] = "results", methods: Sequence[str]
     ``time.monotonic()`` value) stops starting new cells. ``rows`` (a list, extended in place) holds rows measured
     earlier under the same ``perf_id`` that the file keeps. Returns the perf id.
     """
-    from bench.runner import select_device
-    from bench.store import ResultStore
+    from vqbench.runner import select_device
+    from vqbench.store import ResultStore
 
     dev = select_device(device)
     isolate = dev.type == "cpu" if isolate is None else isolate
@@ -849,8 +848,8 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.errors import UserError
-    from bench.store import load_perf
+    from vqbench.errors import UserError
+    from vqbench.store import load_perf
 
     if (args.n < 1 or args.repeats < 1 or args.warmup < 0 or args.min_time < 0
             or min(args.sizes + args.dims, default=0) < 1):
@@ -869,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker_main()
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vqbench.commands.perf", description=__doc__.split("\n")[0])
     add_perf_arguments(parser)
     return cmd_perf(parser.parse_args(argv))
 
