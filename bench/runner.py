@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import random
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from vqbench.errors import UserError
+from vqbench.provenance import device_label, git_provenance, package_versions, slurm_job_id
 from vqbench.registry import METHODS, TASKS
 from vqbench.spec import Budget, RunSpec, canonical_json
 from vqbench.store import ResultStore
@@ -77,85 +76,6 @@ class RunResult:
     wall_time_s: float = 0.0
 
 
-# -- building specs --------------------------------------------------------------------------------
-def task_budget(task: str, budget: str | Budget | dict[str, Any] | None = "quick") -> Budget:
-    """A task's named budget (``quick``/``paper``...), a Budget, or a dict of overrides of ``quick``."""
-    entry = TASKS.get(task)
-    if isinstance(budget, Budget):
-        return budget
-    named = entry.budgets or {}
-    if budget is None or isinstance(budget, str):
-        name = budget or "quick"
-        if name not in named:
-            if not named and name == "quick":
-                return Budget()
-            raise UserError(f"task {task!r} has no budget named {name!r}; it has: {', '.join(named) or 'none'}")
-        return Budget.from_dict(named[name])
-    base = dict(named.get("quick", {}))
-    base.update(budget)
-    try:
-        return Budget.from_dict(base)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad budget for task {task!r}: {exc}") from None
-
-
-def make_spec(task: str, method: str, task_params: dict[str, Any] | None = None,
-              method_params: dict[str, Any] | None = None, seed: int = 0,
-              budget: str | Budget | dict[str, Any] | None = "quick", tags: tuple[str, ...] = ()) -> RunSpec:
-    """Resolve names, defaults and versions through the registry into a RunSpec."""
-    task_entry, method_entry = TASKS.get(task), METHODS.get(method)
-    method_params = dict(method_params or {})
-    if "dim" in method_params:
-        raise UserError(f"method parameter 'dim' is set by the task ({task!r} latent_dim); "
-                        "change the task's latent_dim instead")
-    tp = TASKS.resolve_params(task, task_params)
-    mp = METHODS.resolve_params(method, method_params)
-    try:
-        return RunSpec(task=task, method=method, task_params=tp, method_params=mp, seed=int(seed),
-                       budget=task_budget(task, budget), task_version=task_entry.version,
-                       method_version=method_entry.version, tags=tuple(tags))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad run spec: {exc}") from None
-
-
-# -- provenance ------------------------------------------------------------------------------------
-def git_provenance() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout vqbench runs from, or (None, None) outside a git checkout."""
-    env_commit = os.environ.get("VQBENCH_GIT_COMMIT")
-    if env_commit:  # a job started from a code snapshot (slurm/snapshot.py): the driver's checkout
-        return env_commit, os.environ.get("VQBENCH_GIT_DIRTY") == "1"
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode != 0:
-            return None, None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
-        return commit.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for name in ("vqbench", "torch", "numpy", "timm", "torchmetrics", "pyarrow"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
-def slurm_job_id() -> str | None:
-    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and array_task:
-        return f"{array_job}_{array_task}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
 def select_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,13 +86,6 @@ def select_device(device: str | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available: use --device cpu")
     return dev
-
-
-def device_label(dev: torch.device) -> str:
-    """``cuda: <name>`` or ``cpu (<n> threads)``: CPU results depend on the intra-op thread count."""
-    if dev.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(dev)}"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,9 +1,9 @@
 """RunSpec: everything that decides a run's result, and its content-addressed ``run_id``.
 
-A spec holds *resolved* parameters (registry defaults merged with overrides, see
-:func:`vqbench.runner.make_spec`) and the task's and method's registry versions, so the id changes
-whenever anything that can change the numbers changes, and never otherwise. ``tags`` are labels
-(suite names, notes) and are not part of the id. This module imports nothing of vqbench's.
+A spec holds *resolved* parameters (registry defaults merged with overrides, see :func:`make_spec`)
+and the task's and method's registry versions, so the id changes whenever anything that can change
+the numbers changes, and never otherwise. ``tags`` are labels (suite names, notes) and are not part
+of the id. This module imports only the registry and errors (no torch): sweep files parse without it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from vqbench.errors import UserError
+from vqbench.registry import METHODS, TASKS
 
 SPEC_FORMAT = 1  # bump if the canonical form below changes (changes every id)
 
@@ -125,3 +128,54 @@ class RunSpec:
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
         return cls.from_dict(json.loads(text))
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value (``vqbench run --set k=TEXT``): JSON if it parses (numbers, booleans, null, lists,
+    dicts), else the string; text that starts like JSON but does not parse is a ValueError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text[:1] in "[{\"":
+            raise ValueError(f"bad --set value {text!r}: it starts like JSON but does not parse") from None
+        return text
+
+
+def task_budget(task: str, budget: str | Budget | dict[str, Any] | None = "quick") -> Budget:
+    """A task's named budget (``quick``/``paper``...), a Budget, or a dict of overrides of ``quick``."""
+    entry = TASKS.get(task)
+    if isinstance(budget, Budget):
+        return budget
+    named = entry.budgets or {}
+    if budget is None or isinstance(budget, str):
+        name = budget or "quick"
+        if name not in named:
+            if not named and name == "quick":
+                return Budget()
+            raise UserError(f"task {task!r} has no budget named {name!r}; it has: {', '.join(named) or 'none'}")
+        return Budget.from_dict(named[name])
+    base = dict(named.get("quick", {}))
+    base.update(budget)
+    try:
+        return Budget.from_dict(base)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad budget for task {task!r}: {exc}") from None
+
+
+def make_spec(task: str, method: str, task_params: dict[str, Any] | None = None,
+              method_params: dict[str, Any] | None = None, seed: int = 0,
+              budget: str | Budget | dict[str, Any] | None = "quick", tags: tuple[str, ...] = ()) -> RunSpec:
+    """Resolve names, defaults and versions through the registry into a RunSpec."""
+    task_entry, method_entry = TASKS.get(task), METHODS.get(method)
+    method_params = dict(method_params or {})
+    if "dim" in method_params:
+        raise UserError(f"method parameter 'dim' is set by the task ({task!r} latent_dim); "
+                        "change the task's latent_dim instead")
+    tp = TASKS.resolve_params(task, task_params)
+    mp = METHODS.resolve_params(method, method_params)
+    try:
+        return RunSpec(task=task, method=method, task_params=tp, method_params=mp, seed=int(seed),
+                       budget=task_budget(task, budget), task_version=task_entry.version,
+                       method_version=method_entry.version, tags=tuple(tags))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad run spec: {exc}") from None

@@ -39,7 +39,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from vqbench.errors import UserError
-from vqbench.runner import git_provenance
+from vqbench.provenance import git_provenance
 from vqbench.slurm import jobs
 from vqbench.slurm.profile import CLUSTERS, Profile
 from vqbench.slurm.snapshot import launcher, ship_plugins, snapshot_code

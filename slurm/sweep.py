@@ -51,7 +51,6 @@ from typing import Any
 
 from vqbench.errors import UserError
 from vqbench.registry import METHODS, TASKS, Registry, load_plugin
-from vqbench.runner import make_spec, task_budget
 from vqbench.slurm.config import (
     ConfigError,
     LocatedList,
@@ -66,7 +65,7 @@ from vqbench.slurm.config import (
     type_name,
 )
 from vqbench.slurm.profile import Profile, load_profile
-from vqbench.spec import Budget, RunSpec
+from vqbench.spec import Budget, RunSpec, make_spec, task_budget
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -20,7 +20,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_spec():
-    from vqbench.runner import make_spec
+    from vqbench.spec import make_spec
 
     def make(method: str = "vq", seed: int = 0, task: str = "gmm", task_params=None, method_params=None,
              budget=None):

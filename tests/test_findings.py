@@ -4,7 +4,8 @@ import json
 
 import pytest
 from vqbench.commands.findings import FINDINGS, draw_finding, finding_table
-from vqbench.runner import make_spec, run
+from vqbench.runner import run
+from vqbench.spec import make_spec
 
 SMALL_MANIFOLD = {"n_train": 2048, "n_eval": 1024}
 SMALL_BUDGET = {"steps": 300, "batch_size": 128, "eval_interval": 300}

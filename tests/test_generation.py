@@ -200,13 +200,13 @@ TOKENIZER_METRICS = ("psnr", "ssim", "mse", "utilization", "perplexity", "dead_c
 
 
 def recon_spec(seed: int = 0, **method_params):
-    from vqbench.runner import make_spec
+    from vqbench.spec import make_spec
 
     return make_spec("digits", "vq", TOY_DIGITS, method_params, seed=seed, budget=TOY_BUDGET)
 
 
 def gen_spec(seed: int = 0, prior=None, **method_params):
-    from vqbench.runner import make_spec
+    from vqbench.spec import make_spec
 
     return make_spec("gen-digits", "vq", {**TOY_DIGITS, **TOY_PRIOR, **(prior or {})}, method_params, seed=seed,
                      budget=TOY_BUDGET)
@@ -215,7 +215,7 @@ def gen_spec(seed: int = 0, prior=None, **method_params):
 def test_gen_tasks_are_registered_with_the_reconstruction_params():
     from vqbench.errors import UserError
     from vqbench.registry import TASKS
-    from vqbench.runner import make_spec
+    from vqbench.spec import make_spec
 
     gen, recon = TASKS.get("gen-digits"), TASKS.get("digits")
     assert gen.kind == "generation" and gen.offline and gen.main_metric == "gfd_randcnn" and not gen.higher_is_better

@@ -13,8 +13,8 @@ import vqbench.image_metrics as im
 from PIL import Image
 from vqbench.errors import UserError
 from vqbench.registry import create_method, create_task
-from vqbench.runner import make_spec, run
-from vqbench.spec import Budget
+from vqbench.runner import run
+from vqbench.spec import Budget, make_spec
 from vqbench.tasks import image_data as data
 from vqbench.tasks.vqgan import (
     Decoder,

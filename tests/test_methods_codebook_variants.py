@@ -426,7 +426,8 @@ def test_kmeans_with_fewer_points_than_centres():
 # -- through the runner ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_runs_on_gmm(name, tmp_path):
-    from vqbench.runner import make_spec, run
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
 
     spec = make_spec("gmm", name, {"n_train": 1024}, {}, seed=0, budget={"steps": 30})
     result = run(spec, tmp_path / "results", progress=False)
@@ -437,7 +438,8 @@ def test_runs_on_gmm(name, tmp_path):
 @pytest.mark.parametrize("name, params", [("cvq", {"anchor": "random"}),
                                           ("vq-affine", {"affine": "running", "alternating": True})])
 def test_resume_gives_the_same_numbers(name, params, tmp_path):
-    from vqbench.runner import make_spec, run
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
 
     spec = make_spec("gmm", name, {"n_train": 512, "n_eval": 256}, params, seed=1,
                      budget={"steps": 20, "batch_size": 64, "eval_interval": 10})

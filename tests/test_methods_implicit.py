@@ -395,7 +395,8 @@ def test_codebook_and_decode_agree_with_z_q(name):
 
 @pytest.mark.parametrize("name", ["fsq", "lfq", "bsq", "gumbel", "sqvae"])
 def test_short_gmm_run(tmp_path, name):
-    from vqbench.runner import make_spec, run
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
 
     spec = make_spec("gmm", name, task_params={"n_train": 1024}, budget={"steps": 30})
     result = run(spec, tmp_path, progress=False)
@@ -406,7 +407,8 @@ def test_short_gmm_run(tmp_path, name):
 @pytest.mark.parametrize("name", ["gumbel", "sqvae"])
 def test_resumed_run_matches_uninterrupted(tmp_path, name):
     """The annealed temperature and step live in buffers: a killed-and-resumed run gives identical metrics."""
-    from vqbench.runner import make_spec, run
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
     from vqbench.store import ResultStore
 
     spec = make_spec("gmm", name, task_params={"n_train": 1024, "n_eval": 512},

@@ -24,7 +24,8 @@ from vqbench.methods.vq import (
     unit_rows,
 )
 from vqbench.registry import METHODS, create_method
-from vqbench.runner import make_spec, run
+from vqbench.runner import run
+from vqbench.spec import make_spec
 from vqbench.store import ResultStore
 
 PRESETS = ["vq", "vq-ema", "vq-kmeans", "vq-restart", "vq-l2", "vq-rotation", "vq-orthoreg", "vq-entropy",

@@ -94,7 +94,7 @@ def test_version_mismatch_is_a_user_error(tmp_path, tiny_spec):
 
 
 def test_steps_that_train_nothing_are_skipped_not_failed(tmp_path):
-    from vqbench.runner import make_spec
+    from vqbench.spec import make_spec
 
     # gmm-codebook has no encoder; vq-deferred is the identity during warm-up: nothing has a gradient there
     spec = make_spec("gmm-codebook", "vq-deferred", {"n_train": 512, "n_eval": 256}, {"warmup_fraction": 0.5},

@@ -2,8 +2,7 @@ import dataclasses
 
 import pytest
 from vqbench.errors import UserError
-from vqbench.runner import make_spec
-from vqbench.spec import Budget, RunSpec
+from vqbench.spec import Budget, RunSpec, make_spec
 
 
 def test_same_spec_same_id_and_json_round_trip():

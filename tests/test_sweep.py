@@ -19,12 +19,12 @@ from torch import nn
 from vqbench.errors import UserError
 from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
 from vqbench.registry import METHODS, TASKS
-from vqbench.runner import make_spec, task_budget
 from vqbench.slurm import jobs
 from vqbench.slurm.config import ConfigError
 from vqbench.slurm.launch import collect_sweep, run_sweep, sweep_status
 from vqbench.slurm.profile import load_profile
 from vqbench.slurm.sweep import SUITES_DIR, load_sweep, parse_sweep
+from vqbench.spec import make_spec, task_budget
 from vqbench.store import ResultStore
 
 TINY_GMM = "{n_train: 256, n_eval: 128, hidden: 16, n_modes: 4, codebook_size: 16}"

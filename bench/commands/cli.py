@@ -17,18 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from vqbench.errors import UserError
+from vqbench.spec import parse_value
 
 AREA_CLIS = ("vqbench.leaderboard.cli", "vqbench.slurm.cli")
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: JSON if it parses (numbers, true/false, null, lists, dicts), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        if text[:1] in "[{\"":
-            raise UserError(f"bad --set value {text!r}: it starts like JSON but does not parse") from None
-        return text
 
 
 def parse_assignments(items: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -46,7 +37,10 @@ def parse_assignments(items: Sequence[str] | None) -> tuple[dict[str, Any], dict
         target = {"task": task, "method": method, "budget": budget, "": method}.get(scope)
         if target is None or not name:
             raise UserError(f"bad --set key {key!r}: prefix it with task., method. or budget.")
-        target[name] = parse_value(value)
+        try:
+            target[name] = parse_value(value)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     return task, method, budget
 
 
@@ -94,12 +88,13 @@ def _print_result(result: Any, spec: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vqbench.runner import make_spec, run
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
 
     task_params, method_params, budget_overrides = parse_assignments(args.set)
     budget: Any = args.budget
     if budget_overrides:
-        from vqbench.runner import task_budget
+        from vqbench.spec import task_budget
 
         base = task_budget(args.task, args.budget)
         try:

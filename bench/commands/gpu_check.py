@@ -94,7 +94,8 @@ def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> d
     import torch
     from vqbench.errors import UserError
     from vqbench.registry import TASKS
-    from vqbench.runner import make_spec, run, task_budget
+    from vqbench.runner import run
+    from vqbench.spec import make_spec, task_budget
     from vqbench.store import ResultStore
 
     base: dict[str, Any] = {"method": method, "codebook_size": 0, "dim": 0, "n": 0}

@@ -45,7 +45,6 @@ import gc
 import json
 import math
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -55,6 +54,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+
+from vqbench.provenance import device_label, package_versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -595,25 +596,11 @@ def plan_cells(methods: Sequence[str] = MAIN_METHODS, sizes: Sequence[int] = SIZ
     return cells
 
 
-def device_label(device: torch.device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def versions() -> str:
-    import importlib.metadata as md
-
     import torch
 
-    out: dict[str, Any] = {"python": platform.python_version()}
-    for name in ("vqbench", "torch", "vector-quantize-pytorch"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
+    out: dict[str, Any] = {"vqbench": None, "torch": None, "vector-quantize-pytorch": None,
+                           **package_versions(("vqbench", "torch", "vector-quantize-pytorch"))}
     out["allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return json.dumps(out, sort_keys=True)
 
