@@ -38,8 +38,8 @@ from typing import Any
 
 from vqbench.errors import UserError
 
-_META_KEYS = ("version", "paper", "family", "description", "kind", "main_metric", "higher_is_better",
-              "budgets", "offline")
+_META_KEYS = ("version", "paper", "family", "description", "differences", "kind", "main_metric",
+              "higher_is_better", "budgets", "offline")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Entry:
     paper: str | None = None  # arXiv id, e.g. "1711.00937"
     family: str = "other"
     description: str = ""
+    # methods: how this implementation differs from the authors' reference (shown on the method page)
+    differences: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
     source: str = "vqbench"  # "vqbench", "<dist>==<version>" or "file:<path>#sha256=<hash>"
     # tasks only
