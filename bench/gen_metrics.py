@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from vqbench.image_metrics import ImageFeatures, fd_metric_name, resolve_extractor
 from vqbench.metrics import code_counts, perplexity
 

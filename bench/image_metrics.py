@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vqbench.errors import UserError
 
 INCEPTION_WEIGHTS_ENV = "VQBENCH_INCEPTION_WEIGHTS"

@@ -51,6 +51,30 @@ class Quantizer(nn.Module):
     def on_step(self, step: int, total_steps: int) -> None:
         """Called by the runner before each optimizer step (schedules, restarts, deferred switches)."""
 
+    def init_from_feature_bank(self, features: Tensor) -> None:
+        """Optional: initialise the codebook from the task's feature bank ``features`` of shape ``(M, F)``.
+
+        A method that overrides this declares that it uses a bank (see :func:`uses_feature_bank`): the runner
+        then calls it once, after the task's ``setup`` and before training, with the module already on the
+        run's device, whenever the task has a bank (``Task.feature_bank()``). The default does nothing and
+        is never called by the runner.
+        """
+
+    def observe_reconstruction(self, mse: Tensor, elements_per_token: float) -> None:
+        """Optional: hear the task's reconstruction error after each training loss (the default ignores it).
+
+        Tasks call it through :func:`vqbench.tasks.base.report_reconstruction` with the batch's per-element mean
+        squared error (detached) and the number of data elements each token stands for, so that a method whose
+        objective balances its latent terms against the reconstruction (SQ-VAE's ARELBO) can follow it.
+        """
+
+
+def uses_feature_bank(quantizer: nn.Module) -> bool:
+    """Whether the runner hands ``quantizer`` the task's feature bank: it is a :class:`Quantizer` whose class
+    overrides :meth:`Quantizer.init_from_feature_bank`."""
+    return isinstance(quantizer, Quantizer) and \
+        type(quantizer).init_from_feature_bank is not Quantizer.init_from_feature_bank
+
 
 def check_last_dim(z: Tensor, dim: int) -> None:
     if z.shape[-1] != dim:

@@ -15,7 +15,9 @@ default parameters; a preset of one class is just another registered name with o
 Built-ins and plugins are found the same way: the entry-point groups ``vqbench.methods`` and
 ``vqbench.tasks`` (an entry point names a module, importing it registers its entries) plus
 :func:`load_plugin` for a file or module given on the command line. A plugin that fails to import
-is reported once, by name, and does not break the others. This module imports nothing of vqbench's.
+is reported once, by name, and does not break the others. Each entry records its source, decided by the
+module that registers it (:func:`source_of`), so import order never relabels an entry. This module imports
+nothing of vqbench's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 from vqbench.errors import UserError
 
-_META_KEYS = ("version", "paper", "family", "description", "differences", "kind", "main_metric",
+_META_KEYS = ("version", "paper", "family", "description", "differences", "search_space", "kind", "main_metric",
               "higher_is_better", "budgets", "offline")
 
 
@@ -54,6 +56,8 @@ class Entry:
     description: str = ""
     # methods: how this implementation differs from the authors' reference (shown on the method page)
     differences: str = ""
+    # methods: the knobs `vqbench tune` samples, name -> (low, high, scale); see vqbench.tuning
+    search_space: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     source: str = "vqbench"  # "vqbench", "<dist>==<version>" or "file:<path>#sha256=<hash>"
     # tasks only
@@ -80,6 +84,8 @@ class Entry:
 
 # Where registrations come from while a plugin is being imported (set by the loaders below).
 _current_source = threading.local()
+# The module an entry point names -> that entry point's source label; filled before any entry point loads.
+_module_sources: dict[str, str] = {}
 
 
 @contextlib.contextmanager
@@ -92,8 +98,36 @@ def _registering_from(source: str) -> Iterator[None]:
         _current_source.value = previous
 
 
+def _is_vqbench_module(module: str) -> bool:
+    return module == "vqbench" or module.startswith("vqbench.")
+
+
+def source_of(module: str | None) -> str:
+    """The source label of a registration made by code in ``module`` (the module that calls the decorator).
+
+    vqbench's own modules are ``"vqbench"`` and a module under an entry point's module is that entry point's
+    source, whatever is being imported when they register (a plugin that imports ``vqbench.methods.vq``
+    imports every built-in inside its own import). Any other module registers under the plugin being loaded
+    (a file or module given to :func:`load_plugin`), else ``"vqbench"``.
+    """
+    if module:
+        if _is_vqbench_module(module):
+            return "vqbench"
+        owners = [m for m in _module_sources if module == m or module.startswith(m + ".")]
+        if owners:
+            return _module_sources[max(owners, key=len)]
+    return getattr(_current_source, "value", None) or "vqbench"
+
+
 def _builder_key(builder: Callable[..., Any]) -> str:
     return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
+
+
+def _entry_point_source(ep: importlib_metadata.EntryPoint) -> str:
+    """``"vqbench"`` for vqbench's own entry points (and ones without a distribution), else ``"<dist>==<version>"``."""
+    dist = getattr(ep, "dist", None)
+    dist_name = dist.metadata["Name"] if dist is not None else None
+    return "vqbench" if dist_name in (None, "vqbench") else f"{dist_name}=={dist.version}"
 
 
 class Registry:
@@ -113,8 +147,8 @@ class Registry:
         defaults = kwargs
 
         def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(Entry(name=name, builder=builder, defaults=dict(defaults),
-                           source=getattr(_current_source, "value", None) or "vqbench", **meta))
+            caller = sys._getframe(1).f_globals.get("__name__")  # the module that registers
+            self.add(Entry(name=name, builder=builder, defaults=dict(defaults), source=source_of(caller), **meta))
             return builder
 
         return decorator
@@ -150,10 +184,12 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        for ep in sorted(importlib_metadata.entry_points(group=self.group), key=lambda e: e.name):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            source = "vqbench" if dist_name in (None, "vqbench") else f"{dist_name}=={dist.version}"
+        points = sorted(importlib_metadata.entry_points(group=self.group), key=lambda e: e.name)
+        sources = [_entry_point_source(ep) for ep in points]
+        for ep, source in zip(points, sources):  # before any import: see source_of
+            if not _is_vqbench_module(ep.module):
+                _module_sources.setdefault(ep.module, source)
+        for ep, source in zip(points, sources):
             label = f"{source}:{ep.value}"
             try:
                 with _registering_from(source):
@@ -215,8 +251,6 @@ class Registry:
             raise
         except (TypeError, ValueError) as exc:
             raise UserError(f"cannot build {self.kind} {name!r} with {params}: {exc}") from exc
-        with contextlib.suppress(AttributeError, TypeError):
-            obj.registry_entry = entry  # lets the runner and the conformance kit see the metadata
         return obj
 
 

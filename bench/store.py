@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from vqbench.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,7 @@ RUNS_SCHEMA = pa.schema([
     ("method_source", pa.string()),  # "vqbench", "<dist>==<ver>", "file:<path>#sha256=..."
     ("method_paper", pa.string()),  # arXiv id
     ("method_description", pa.string()),
+    ("method_differences", pa.string()),  # how the implementation differs from the authors' (null in old stores)
     ("method_defaults", pa.string()),  # canonical JSON of the registered defaults
     ("task_source", pa.string()),
     ("task_kind", pa.string()),  # synthetic | reconstruction | generation
@@ -303,5 +305,29 @@ def final_metrics(runs: pd.DataFrame, metrics: pd.DataFrame, split: str = "eval"
     return runs.merge(wide, left_on="run_id", right_index=True, how="left")
 
 
-def parse_json_column(series: pd.Series) -> list[dict[str, Any]]:
-    return [json.loads(s) if isinstance(s, str) and s else {} for s in series]
+
+#: the collapse metrics a one-line run summary shows after the task's main metric, when the run measured them
+SUMMARY_COLLAPSE_METRICS = ("utilization", "perplexity")
+
+
+def format_run_summary(run_id: str, method: str, task: str, seed: int, status: str, *, error: str = "",
+                       final: Mapping[str, float] | None = None, main_metric: str | None = None,
+                       wall_time_s: float | None = None) -> str:
+    """The one-line summary of a finished run that ``vqbench run`` and sweep drivers print.
+
+    ``run <id> (<method> on <task>, seed <s>): <status>[: <error>] | <main>=..., utilization=..., perplexity=...
+    (<wall>s)``: the task's main metric first, then the :data:`SUMMARY_COLLAPSE_METRICS` present in ``final``
+    (the last eval value of each metric).
+    """
+    line = f"run {run_id} ({method} on {task}, seed {seed}): {status}"
+    if error:
+        line += f": {error}"
+    final = final or {}
+    keys = [main_metric] if main_metric else []
+    keys += [k for k in SUMMARY_COLLAPSE_METRICS if k not in keys]
+    shown = [k for k in keys if k in final]
+    if shown:
+        line += " | " + ", ".join(f"{k}={final[k]:.4g}" for k in shown)
+    if wall_time_s is not None:
+        line += f" ({wall_time_s:.1f}s)"
+    return line

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vqbench.registry import METHODS
 
 WARMUP_STEPS = 8  # training forwards (with on_step) before the checks, so schedules/lazy inits have run

@@ -22,13 +22,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from vqbench.errors import UserError
 from vqbench.leaderboard.load import read_tables, store_files
 from vqbench.leaderboard.stats import ci_halfwidth
+from vqbench.leaderboard.tracks import (
+    ADHOC,
+    SUITE_PREFIX,
+    TRACK_TRIAL,
+    TRIAL_MARK,
+    Tuning,
+    load_tunings,
+    restrict_roles,
+    run_roles,
+    tags_of,
+)
 from vqbench.store import STATUSES, ResultStore, final_metrics
 
-ADHOC = "adhoc"
-SUITE_PREFIX = "suite:"
+tag_list = tags_of  # a run's tags as strings
+__all__ = ["ADHOC", "SUITE_PREFIX", "tag_list"]  # re-exported: the pages import them from here
 
 #: collapse metrics in display order (bench/metrics.py names)
 COLLAPSE_METRICS = ("utilization", "perplexity", "dead_codes", "codebook_rank", "embedding_rank",
@@ -61,6 +73,7 @@ def slug(name: str) -> str:
 
 
 def row_id(config_key: str) -> str:
+    """The HTML id of a config's row on its task page (stable: a hash of the config key)."""
     return "r" + hashlib.sha1(config_key.encode()).hexdigest()[:12]
 
 
@@ -73,10 +86,17 @@ def _loads(text: str) -> Any:
 
 
 def parse_json(text: Any) -> Any:
+    """A JSON cell of the store parsed (``{}`` when missing or not JSON)."""
     return _loads(text) if isinstance(text, str) else {}
 
 
+def text_or_empty(value: Any) -> str:
+    """``value`` when it is a string, else ``""`` (a missing column or a null cell of an older store)."""
+    return value if isinstance(value, str) else ""
+
+
 def value_text(value: Any) -> str:
+    """A parameter value as shown in labels (strings as they are, everything else as compact JSON)."""
     if isinstance(value, str):
         return value
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
@@ -90,6 +110,7 @@ def params_diff(params: dict[str, Any], reference: dict[str, Any]) -> dict[str, 
 
 
 def params_text(params: dict[str, Any], prefix: str = "") -> str:
+    """``k=v, ...`` of ``params``, keys sorted."""
     return ", ".join(f"{prefix}{k}={value_text(v)}" for k, v in sorted(params.items()))
 
 
@@ -106,12 +127,6 @@ def natural_key(text: str) -> tuple:
     """Sort key that orders the numbers inside labels numerically (hidden=4 < hidden=16 < hidden=256)."""
     return tuple((0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(_NUMBER.split(text))
                  if part)
-
-
-def suites_of(tags: Any) -> list[str]:
-    names = [t[len(SUITE_PREFIX):] for t in (list(tags) if tags is not None else []) if isinstance(t, str)
-             and t.startswith(SUITE_PREFIX) and len(t) > len(SUITE_PREFIX)]
-    return sorted(set(names)) or [ADHOC]
 
 
 @dataclass
@@ -139,6 +154,7 @@ class MethodInfo:
     source: str
     versions: list[int]
     n_runs: int = 0
+    differences: str = ""  # how the implementation differs from the authors' reference (empty: not stated)
 
 
 @dataclass
@@ -156,6 +172,7 @@ class SiteData:
     suite_filter: str | None = None
     data_as_of: str = ""
     status_counts: dict[str, int] = field(default_factory=dict)
+    tunings: dict[str, Tuning] = field(default_factory=dict)  # `vqbench tune` names -> trials and selection
 
 
 def _latest(df: pd.DataFrame, order_cols: list[str]) -> pd.Series:
@@ -176,15 +193,21 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
     runs = read_tables(store_files(store, "runs"), "runs")
     runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
     members = store.sweep_members()  # a run complete before a second sweep listed it belongs to both
-    runs["suites"] = [sorted(set(suites_of(t)) - {ADHOC} | members.get(rid, set())) or [ADHOC]
-                      for t, rid in zip(runs["tags"], runs["run_id"])]
-    all_suites = sorted({s for ss in runs["suites"] for s in ss}, key=lambda s: (s == ADHOC, s))  # adhoc last
+    roles = [run_roles(tags_of(t), members.get(rid, set())) for t, rid in zip(runs["tags"], runs["run_id"])]
+    all_suites = sorted({s for r in roles for s in r.suites}, key=lambda s: (s == ADHOC, s))  # adhoc last
     if suite is not None:
-        if suite not in all_suites:
+        if suite not in all_suites and not any(suite in r.trial_of for r in roles):
             raise UserError(f"no runs in suite {suite!r} under {results}; suites there: "
                             f"{', '.join(all_suites) or 'none (no runs)'}")
-        runs = runs[[suite in ss for ss in runs["suites"]]].reset_index(drop=True)
-        runs["suites"] = [[suite]] * len(runs)
+        keep = [suite in r.suites or suite in r.trial_of for r in roles]
+        runs = runs[keep].reset_index(drop=True)
+        roles = [restrict_roles(r, suite) for r, kept in zip(roles, keep) if kept]
+    runs["suites"] = [r.suites for r in roles]  # the suites whose section shows the run (either track)
+    runs["default_suites"] = [r.default_suites for r in roles]
+    runs["tuned_suites"] = [r.tuned_suites for r in roles]
+    runs["trial_of"] = [r.trial_of for r in roles]
+    runs["suite_labels"] = [r.labels for r in roles]
+    runs["track"] = [r.track for r in roles]
     for col, default in (("task_params", "{}"), ("method_params", "{}"), ("budget", "{}"),
                          ("method_family", "other"), ("method_paper", ""), ("method_description", ""),
                          ("method_defaults", "{}"), ("method_source", ""), ("task_source", ""),
@@ -197,8 +220,9 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
     runs["status"] = runs["status"].where(runs["status"].isin(STATUSES), "failed")
     runs["variant_key"] = [json.dumps([t, int(v), p, b]) for t, v, p, b in
                            zip(runs["task"], runs["task_version"], runs["task_params"], runs["budget"])]
-    runs["config_key"] = [json.dumps([vk, m, int(v), p]) for vk, m, v, p in
-                          zip(runs["variant_key"], runs["method"], runs["method_version"], runs["method_params"])]
+    runs["config_key"] = [json.dumps([vk, m, int(v), p] + ([TRIAL_MARK] if track == TRACK_TRIAL else []))
+                          for vk, m, v, p, track in zip(runs["variant_key"], runs["method"], runs["method_version"],
+                                                        runs["method_params"], runs["track"])]
     runs["row_id"] = [row_id(k) for k in runs["config_key"]]
 
     metrics = read_tables(store_files(store, "metrics"), "metrics")
@@ -220,7 +244,8 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
         tasks[name] = TaskInfo(
             name=name, slug=slug(name), kind=str(latest["task_kind"]), description=str(latest["task_description"]),
             main_metric=main, higher_is_better=bool(latest["higher_is_better"]), source=str(latest["task_source"]),
-            metrics=_metric_order(logged, main), variants=sorted(group["variant_key"].unique()), n_runs=len(group))
+            metrics=_metric_order(logged, main), n_runs=len(group),
+            variants=sorted(group.loc[group["track"] != TRACK_TRIAL, "variant_key"].unique()))
     table["main_value"] = main_col
 
     methods: dict[str, MethodInfo] = {}
@@ -231,7 +256,8 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
             name=name, slug=slug(name), family=str(latest["method_family"] or "other"),
             paper=str(latest["method_paper"] or ""), description=str(latest["method_description"]),
             defaults=defaults if isinstance(defaults, dict) else {}, source=str(latest["method_source"]),
-            versions=sorted(int(v) for v in group["method_version"].unique()), n_runs=len(group))
+            versions=sorted(int(v) for v in group["method_version"].unique()), n_runs=len(group),
+            differences=text_or_empty(latest.get("method_differences")))
 
     # per-config statistics over ok seeds
     ok = table[table["status"] == "ok"]
@@ -246,14 +272,14 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
 
     first = table.drop_duplicates("config_key").set_index("config_key")
     configs = first[["task", "task_version", "task_params", "budget", "method", "method_version", "method_params",
-                     "method_family", "row_id", "variant_key"]].copy()
+                     "method_family", "row_id", "variant_key", "track"]].copy()
     counts = pd.crosstab(table["config_key"], table["status"])
     for status in STATUSES:
         configs[f"n_{status}"] = counts[status].reindex(configs.index).fillna(0).astype(int) \
             if status in counts else 0
     configs["n_runs"] = table.groupby("config_key").size().reindex(configs.index)
-    configs["suites"] = table.explode("suites").groupby("config_key")["suites"].agg(
-        lambda s: sorted(set(s))).reindex(configs.index)
+    configs["suites"] = table.explode("suite_labels").groupby("config_key")["suite_labels"].agg(
+        lambda s: sorted(set(s.dropna()))).reindex(configs.index)  # as shown: "NAME", "NAME (tuned)"
     configs["method_family"] = [methods[m].family for m in configs["method"]]
     configs["seeds"] = table.sort_values("seed").groupby("config_key")["seed"].agg(list).reindex(configs.index)
 
@@ -263,7 +289,8 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
         n=n.reindex(configs.index).fillna(0).astype(int), configs=configs, tasks=tasks, methods=methods,
         suites=[suite] if suite is not None else all_suites, store=store, suite_filter=suite,
         data_as_of=finished.max().strftime("%Y-%m-%d %H:%M UTC") if len(finished) else "",
-        status_counts={s: int((table["status"] == s).sum()) for s in STATUSES})
+        status_counts={s: int((table["status"] == s).sum()) for s in STATUSES},
+        tunings=load_tunings(table, metrics, {name: info.defaults for name, info in methods.items()}))
 
 
 def variant_labels(variant_keys: list[str]) -> dict[str, str]:

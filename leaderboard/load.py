@@ -21,12 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import vqbench.store
-from vqbench.store import ARRAYS_SCHEMA, METRICS_SCHEMA, RUNS_SCHEMA, ResultStore
 
-_SCHEMAS = {"runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA, "arrays": ARRAYS_SCHEMA}
-if hasattr(vqbench.store, "PERF_SCHEMA"):  # `vqbench perf` measurements (results/perf/<perf_id>.parquet)
-    _SCHEMAS["perf"] = vqbench.store.PERF_SCHEMA
+from vqbench.store import ARRAYS_SCHEMA, METRICS_SCHEMA, PERF_SCHEMA, RUNS_SCHEMA, ResultStore
+
+#: the store's tables by kind (``perf``: `vqbench perf` measurements, results/perf/<perf_id>.parquet)
+SCHEMAS = {"runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA, "arrays": ARRAYS_SCHEMA, "perf": PERF_SCHEMA}
 #: below this many files a process pool costs more than it saves
 PARALLEL_MIN_FILES = 400
 
@@ -60,7 +59,7 @@ def _last_steps(table: pa.Table) -> pa.Table:
 
 def _read_chunk(args: tuple[list[str], str, bool]) -> tuple[pa.Table | None, list[str]]:
     paths, kind, last_only = args
-    schema = _SCHEMAS[kind]
+    schema = SCHEMAS[kind]
     tables, problems = [], []
     for path in paths:
         table, problem = _read_one(path, schema)
@@ -78,7 +77,7 @@ def _read_chunk(args: tuple[list[str], str, bool]) -> tuple[pa.Table | None, lis
 def read_tables(paths: Sequence[Path | str], kind: str, *, last_only: bool = False,
                 workers: int | None = None) -> pd.DataFrame:
     """Read store files of one ``kind`` (runs | metrics | arrays | perf) into one DataFrame."""
-    schema = _SCHEMAS[kind]
+    schema = SCHEMAS[kind]
     paths = sorted(str(p) for p in paths)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     if len(paths) < PARALLEL_MIN_FILES or workers == 1:

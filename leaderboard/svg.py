@@ -1,9 +1,11 @@
-"""Hand-written inline SVG charts: line charts, a sorted-usage area chart and a scatter with a Pareto front.
+"""Hand-written inline SVG charts: line charts, a sorted-usage area chart, a scatter with a Pareto front and
+a strip chart (points per category with their quartile box).
 
 Why not matplotlib or a JS charting library: the site has one page per run (10,000+ pages) and must
 build in well under a minute on two cores; a matplotlib figure costs ~50 ms, a string of SVG path
 data costs ~0.1 ms. Inline SVG needs no network, no script and no extra file, scales crisply, prints,
-and works from ``file://``. Every label that can come from a run goes through :func:`esc`.
+and works from ``file://``. Every label that can come from a run goes through
+:func:`vqbench.leaderboard.html.escape`; numbers through :func:`~vqbench.leaderboard.html.format_number`.
 All styling is by presentation attributes and CSS classes (no ``style=`` attributes), so the
 pages' Content-Security-Policy can forbid inline styles and scripts. The arithmetic is plain Python
 on lists: the curves are short, and per-call NumPy overhead would dominate.
@@ -11,32 +13,20 @@ on lists: the curves are short, and per-call NumPy overhead would dominate.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from vqbench.leaderboard.html import escape, format_number
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
 
 W, H = 380, 230
 ML, MR, MT, MB = 58, 12, 26, 40  # margins: left, right, top, bottom
-
-
-def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or not math.isfinite(value):
-        return ""
-    if value == 0:
-        return "0"
-    if 1e3 <= abs(value) < 1e9 and float(value).is_integer():
-        return f"{value:,.0f}"
-    return f"{value:.{digits}g}"
 
 
 def _floats(values: Any) -> list[float]:
@@ -89,11 +79,11 @@ class _Frame:
     """Maps data to pixels and draws axes, ticks and labels."""
 
     def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], *, logy: bool = False,
-                 flip_y: bool = False, width: int = W, height: int = H, right: int = MR) -> None:
+                 flip_y: bool = False, width: int = W, height: int = H, right: int = MR, bottom: int = MB) -> None:
         self.w, self.h, self.logy, self.flip_y = width, height, logy, flip_y
         self.x0, self.x1 = x_range
         self.y0, self.y1 = y_range
-        self.pw, self.ph = width - ML - right, height - MT - MB
+        self.pw, self.ph = width - ML - right, height - MT - bottom
         self._xs = self.pw / ((self.x1 - self.x0) or 1.0)
         lo, hi = (math.log10(self.y0), math.log10(self.y1)) if logy else (self.y0, self.y1)
         self._ylo, self._ys = lo, 1.0 / ((hi - lo) or 1.0)
@@ -111,14 +101,15 @@ class _Frame:
             frac = 1 - frac
         return MT + (1 - frac) * self.ph
 
-    def axes(self, title: str, xlabel: str, ylabel: str) -> list[str]:
+    def axes(self, title: str, xlabel: str, ylabel: str, x_ticks: bool = True) -> list[str]:
         bottom = MT + self.ph
-        out = [f'<text class="title" x="{ML}" y="15">{esc(title)}</text>',
+        out = [f'<text class="title" x="{ML}" y="15">{escape(title)}</text>',
                f'<rect class="plot" x="{ML}" y="{MT}" width="{self.pw}" height="{self.ph}"/>']
-        for t in nice_ticks(self.x0, self.x1, 5):
+        for t in nice_ticks(self.x0, self.x1, 5) if x_ticks else []:
             x = self.px(t)
             out.append(f'<line class="grid" x1="{x:.1f}" y1="{MT}" x2="{x:.1f}" y2="{bottom}"/>'
-                       f'<text class="tick" x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{fmt(t, 3)}</text>')
+                       f'<text class="tick" x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">'
+                       f'{format_number(t, 3)}</text>')
         if self.logy:
             lo, hi = math.floor(math.log10(self.y0)), math.ceil(math.log10(self.y1))
             step = max(1, (hi - lo) // 5)
@@ -128,20 +119,22 @@ class _Frame:
         for t in yticks:
             y = self.py(t)
             out.append(f'<line class="grid" x1="{ML}" y1="{y:.1f}" x2="{ML + self.pw}" y2="{y:.1f}"/>'
-                       f'<text class="tick" x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">{fmt(t, 3)}</text>')
+                       f'<text class="tick" x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">'
+                       f'{format_number(t, 3)}</text>')
         out.append(f'<text class="label" x="{ML + self.pw / 2:.0f}" y="{self.h - 6}" text-anchor="middle">'
-                   f'{esc(xlabel)}</text>')
+                   f'{escape(xlabel)}</text>')
         out.append(f'<text class="label" transform="translate(12 {MT + self.ph / 2:.0f}) rotate(-90)" '
-                   f'text-anchor="middle">{esc(ylabel)}</text>')
+                   f'text-anchor="middle">{escape(ylabel)}</text>')
         return out
 
     def svg(self, body: list[str], label: str) -> str:
         return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {self.w} {self.h}" '
-                f'width="{self.w}" height="{self.h}" role="img" aria-label="{esc(label)}">' + "".join(body) + "</svg>")
+                f'width="{self.w}" height="{self.h}" role="img" aria-label="{escape(label)}">' + "".join(body)
+                + "</svg>")
 
     def empty(self, body: list[str], text: str) -> None:
         body.append(f'<text class="empty" x="{ML + self.pw / 2:.0f}" y="{MT + self.ph / 2:.0f}" '
-                    f'text-anchor="middle">{esc(text)}</text>')
+                    f'text-anchor="middle">{escape(text)}</text>')
 
 
 def _path(points: list[tuple[float, float]]) -> str:
@@ -188,7 +181,7 @@ def line_chart(series: Sequence[tuple[str, Any, Any]], title: str, xlabel: str, 
         pix = [(frame.px(a), frame.py(b)) for a, b in zip(x, y)]
         d = _path(pix)
         if d:
-            body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"><title>{esc(name)}</title>'
+            body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"><title>{escape(name)}</title>'
                         '</path>')
         good = [(a, b) for a, b in pix if math.isfinite(a) and math.isfinite(b)]
         if len(good) <= 30:
@@ -198,7 +191,7 @@ def line_chart(series: Sequence[tuple[str, Any, Any]], title: str, xlabel: str, 
             y = MT + 12 + 13 * i
             body.append(f'<rect x="{ML + frame.pw - 110}" y="{y - 8}" width="9" height="9" '
                         f'fill="{PALETTE[i % len(PALETTE)]}"/>'
-                        f'<text class="legend" x="{ML + frame.pw - 97}" y="{y}">{esc(name)}</text>')
+                        f'<text class="legend" x="{ML + frame.pw - 97}" y="{y}">{escape(name)}</text>')
     return frame.svg(body, title)
 
 
@@ -285,15 +278,70 @@ def pareto_chart(points: Sequence[dict], xlabel: str, ylabel: str, higher_y: boo
             continue
         color = PALETTE[fam_index.get(p["family"], 0) % len(PALETTE)]
         r, stroke = (5, ' stroke="#000" stroke-width="1.2"') if front[i] else (3.5, "")
-        tip = f'{p["label"]}: {xlabel} {fmt(xs[i])}, {ylabel} {fmt(ys[i])}'
+        tip = f'{p["label"]}: {xlabel} {format_number(xs[i])}, {ylabel} {format_number(ys[i])}'
         tip += " (on the Pareto front)" if front[i] else ""
-        body.append(f'<a href="{esc(p["href"])}" data-row="{esc(p["row"])}"><circle cx="{frame.px(xs[i]):.1f}" '
+        body.append(f'<a href="{escape(p["href"])}" data-row="{escape(p["row"])}"><circle cx="{frame.px(xs[i]):.1f}" '
                     f'cy="{frame.py(ys[i]):.1f}" r="{r}" fill="{color}" fill-opacity="0.8"{stroke}/>'
-                    f'<title>{esc(tip)}</title></a>')
+                    f'<title>{escape(tip)}</title></a>')
     lx = ML + frame.pw + 12
     for i, fam in enumerate(families[:24]):
         yy = MT + 8 + 13 * i
         label = fam if len(fam) <= 22 else fam[:21] + "\u2026"
         body.append(f'<rect x="{lx}" y="{yy - 8}" width="9" height="9" fill="{PALETTE[i % len(PALETTE)]}"/>'
-                    f'<text class="legend" x="{lx + 13}" y="{yy}">{esc(label)}<title>{esc(fam)}</title></text>')
+                    f'<text class="legend" x="{lx + 13}" y="{yy}">{escape(label)}<title>{escape(fam)}</title></text>')
+    return frame.svg(body, title)
+
+
+@dataclass(frozen=True)
+class Strip:
+    """One category of a strip chart: its points (value, tooltip) and which one is highlighted."""
+
+    label: str
+    points: list[tuple[float, str]]
+    highlight: int | None = None  # index into ``points``
+
+
+def strip_chart(strips: Sequence[Strip], ylabel: str, higher_is_better: bool, title: str) -> str:
+    """Points per category with their quartile box and median, one category per column.
+
+    Built for the spread of a method's tuning trials: the box spans the 25th-75th percentiles (the IQR),
+    the line is the median, the highlighted point (the selected trial) is drawn larger and outlined. The
+    y axis is oriented so that *better is up* whichever the metric's direction; the axis label says so.
+    Points of one category are spread sideways by a fixed pattern (no randomness: same data, same SVG).
+    """
+    slot, bottom = 44, 92
+    width = max(W, ML + MR + slot * max(len(strips), 1) + 8)
+    values = [v for s in strips for v, _ in s.points if math.isfinite(v)]
+    arrow = "higher is better" if higher_is_better else "lower is better; axis reversed so better is up"
+    frame = _Frame((0.0, float(max(len(strips), 1))), _range(values, 0.06), flip_y=not higher_is_better,
+                   width=width, height=260 + bottom - MB, bottom=bottom)
+    body = frame.axes(title, "", f"{ylabel} ({arrow})", x_ticks=False)
+    if not values:
+        frame.empty(body, "no trial has a validation value")
+        return frame.svg(body, title)
+    base = MT + frame.ph
+    for i, strip in enumerate(strips):
+        center = frame.px(i + 0.5)
+        label = strip.label if len(strip.label) <= 18 else strip.label[:17] + "\u2026"
+        body.append(f'<text class="tick" transform="translate({center + 3:.1f} {base + 10}) rotate(-40)" '
+                    f'text-anchor="end">{escape(label)}<title>{escape(strip.label)}</title></text>')
+        finite = [v for v, _ in strip.points if math.isfinite(v)]
+        if not finite:
+            continue
+        q25, median, q75 = (float(q) for q in np.percentile(finite, [25, 50, 75]))
+        top, low = sorted((frame.py(q25), frame.py(q75)))
+        color = PALETTE[i % len(PALETTE)]
+        body.append(f'<rect x="{center - slot * 0.3:.1f}" y="{top:.1f}" width="{slot * 0.6:.1f}" '
+                    f'height="{max(low - top, 0.8):.1f}" fill="{color}" fill-opacity="0.15" stroke="{color}">'
+                    f'<title>{escape(strip.label)}: median {format_number(median)}, IQR {format_number(q75 - q25)} '
+                    f'over {len(finite)} point(s)</title></rect>'
+                    f'<line x1="{center - slot * 0.3:.1f}" y1="{frame.py(median):.1f}" x2="{center + slot * 0.3:.1f}" '
+                    f'y2="{frame.py(median):.1f}" stroke="{color}" stroke-width="1.6"/>')
+        for j, (value, tip) in enumerate(strip.points):
+            if not math.isfinite(value):
+                continue
+            x = center + ((j * 0.618034) % 1.0 - 0.5) * slot * 0.5
+            r, stroke = (4.5, ' stroke="#000" stroke-width="1.4"') if j == strip.highlight else (2.6, "")
+            body.append(f'<circle cx="{x:.1f}" cy="{frame.py(value):.1f}" r="{r}" fill="{color}" '
+                        f'fill-opacity="0.85"{stroke}><title>{escape(tip)}</title></circle>')
     return frame.svg(body, title)

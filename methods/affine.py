@@ -19,6 +19,10 @@ defaults from its README example: ``beta=0.98``, ``affine_lr=10``, ``sync_nu=0.2
   with momentum (``alt_lr``, ``alt_momentum``; velocity kept in a buffer) on the raw codebook ``c`` for
   ``||sg[z] - e_k||^2`` with the batch's assignments held fixed; the codes are then re-read (assignments not
   recomputed, as in vqtorch) and the usual loss and STE follow, so the runner's optimizer also steps ``c``.
+
+Differences from vqtorch: no dead-code replacement (its README example sets ``replace_freq=20``), no k-means init,
+input/codebook norms or groups (those mechanisms are studied by other registered names); the alternating step runs
+inside ``forward`` (vqtorch's ``inplace_optimizer`` hooks the backward pass).
 """
 
 from __future__ import annotations
@@ -26,55 +30,43 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vqbench.methods.base import (
-    QuantizeOutput,
-    Quantizer,
-    check_last_dim,
-    data_relative_codes,
-    nearest_code,
-    straight_through,
-)
+
+from vqbench.methods.base import CodebookQuantizer, nearest_code, straight_through
+from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
 AFFINES = ("learned", "running", "none")
 
 
-@register_method("vq-affine", version=1, paper="2305.08842", family="reparameterised-codebook",
+# version 2: the nearest-code search is centred on the codebook mean (issue 13): near-tie indices, and so runs, change
+@register_method("vq-affine", version=2, paper="2305.08842", family="reparameterised-codebook",
                  description="Affine-reparameterised codebook, synchronized commitment (nu), optional alternating "
                              "codebook step (Huh et al.)",
+                 differences="no dead-code replacement (vqtorch README example: replace_freq=20), k-means init, "
+                             "norms or groups; the alternating step runs inside forward",
                  beta=0.98, sync_nu=0.2, affine="learned", affine_lr=10.0, momentum=0.1, alternating=False,
                  alt_lr=50.0, alt_momentum=0.9, init="normal")
-class AffineVQ(Quantizer):
+class AffineVQ(CodebookQuantizer):
     """Raw codebook ``embedding`` (K, dim) seen through a shared affine map.
 
-    Restricted-init knob on the raw codebook: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
-    ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws it with
-    :func:`vqbench.methods.base.data_relative_codes` on the first training batch (flag buffer ``data_initialised``).
+    Restricted-init knob on the raw codebook (:class:`vqbench.methods.base.CodebookQuantizer`): ``init="normal"``
+    (N(0, 1), the reference ``nn.Embedding``), ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus
+    ``init_offset``; ``"data"`` draws it with :func:`vqbench.methods.base.data_relative_codes` on the first training
+    batch.
     """
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.98, sync_nu: float = 0.2,
                  affine: str = "learned", affine_lr: float = 10.0, momentum: float = 0.1, alternating: bool = False,
                  alt_lr: float = 50.0, alt_momentum: float = 0.9, init: str = "normal", init_scale: float = 1.0,
                  init_offset: float = 0.0) -> None:
-        super().__init__()
-        if codebook_size < 1 or dim < 1:
-            raise ValueError("dim and codebook_size must be >= 1")
+        super().__init__(dim, codebook_size, init, init_scale, init_offset)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1] (a convex weight), got {beta}")
         if affine not in AFFINES:
             raise ValueError(f"affine must be one of {AFFINES}, got {affine!r}")
-        if init not in ("normal", "uniform", "data"):
-            raise ValueError(f"init must be 'normal', 'uniform' or 'data', got {init!r}")
-        self.dim, self.codebook_size = dim, codebook_size
         self.beta, self.nu, self.affine, self.affine_lr, self.momentum = beta, sync_nu, affine, affine_lr, momentum
         self.alternating, self.alt_lr, self.alt_momentum = alternating, alt_lr, alt_momentum
-        self.init_scale, self.init_offset = init_scale, init_offset
-        k = codebook_size
-        weight = torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k) if init == "uniform" else torch.randn(k, dim)
-        if init != "data":
-            weight = weight * init_scale + init_offset
-        self.embedding = nn.Parameter(weight)
-        self.register_buffer("data_initialised", torch.tensor(init != "data"))
+        self.embedding = nn.Parameter(self.initial_codes())
         if affine == "learned":
             self.affine_scale = nn.Parameter(torch.zeros(dim))
             self.affine_bias = nn.Parameter(torch.zeros(dim))
@@ -83,7 +75,7 @@ class AffineVQ(Quantizer):
             for name, value in (("z_mean", 0.0), ("z_var", 1.0), ("c_mean", 0.0), ("c_var", 1.0)):
                 self.register_buffer(name, torch.full((dim,), value))
         if alternating:
-            self.register_buffer("alt_velocity", torch.zeros(k, dim))
+            self.register_buffer("alt_velocity", torch.zeros(codebook_size, dim))
 
     def affine_params(self) -> tuple[Tensor, Tensor]:
         """(scale, shift), each (dim,)."""
@@ -120,29 +112,21 @@ class AffineVQ(Quantizer):
             self.alt_velocity.mul_(self.alt_momentum).add_(grad)
             self.embedding.sub_(self.alt_lr * self.alt_velocity)
 
-    def forward(self, z: Tensor) -> QuantizeOutput:
-        check_last_dim(z, self.dim)
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.reshape(-1, self.dim).float()
-            if self.training and not bool(self.data_initialised):
-                with torch.no_grad():
-                    self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale,
-                                                             self.init_offset))
-                    self.data_initialised.fill_(True)
-            if self.training and self.affine == "running" and flat.shape[0] > 0:
-                self._update_running_stats(flat)
-            with torch.no_grad():
-                indices = nearest_code(flat, self.codebook())
-            if self.training and self.alternating and flat.shape[0] > 0:
-                self._alternating_step(flat, indices)
-            codes = self.decode_indices(indices)
-            commitment_loss = F.mse_loss(flat, codes.detach())
-            codebook_loss = F.mse_loss(codes, flat.detach())
-            loss = (1 - self.beta) * commitment_loss + self.beta * codebook_loss
-            z_q = straight_through(flat, codes)
-            if self.nu:
-                z_q = z_q + self.nu * codes - (self.nu * codes).detach()
-            scale, shift = self.affine_params()
-        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss,
+    def quantize(self, flat: Tensor) -> QuantizeOutput:
+        if self.training and self.affine == "running" and flat.shape[0] > 0:
+            self._update_running_stats(flat)
+        with torch.no_grad():
+            indices = nearest_code(flat, self.codebook())
+        if self.training and self.alternating and flat.shape[0] > 0:
+            self._alternating_step(flat, indices)
+        codes = self.decode_indices(indices)
+        commitment_loss = F.mse_loss(flat, codes.detach())
+        codebook_loss = F.mse_loss(codes, flat.detach())
+        loss = (1 - self.beta) * commitment_loss + self.beta * codebook_loss
+        z_q = straight_through(flat, codes)
+        if self.nu:
+            z_q = z_q + self.nu * codes - (self.nu * codes).detach()
+        scale, shift = self.affine_params()
+        return QuantizeOutput(z_q, indices, loss,
                               {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach(),
                                "affine_scale_mean": scale.detach().mean(), "affine_shift_mean": shift.detach().mean()})

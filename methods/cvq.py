@@ -20,7 +20,8 @@ Training only, after the lookup (the reference's exact order and constants):
 4. ``c_k <- (1 - alpha_k) c_k + alpha_k a_k`` (in place, no gradient), every step.
 
 Not included: the reference's optional contrastive loss (``contras_loss``, off by default) and its one-shot
-``first_batch`` mode. All similarity work is chunked (no N x K matrix beyond a bounded chunk).
+``first_batch`` mode. Ties in the lookup and the anchors go to the lowest index (the reference's sort leaves
+them unspecified). All similarity work is chunked (no N x K matrix beyond a bounded chunk).
 """
 
 from __future__ import annotations
@@ -28,57 +29,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vqbench.methods.base import (
     SEARCH_CHUNK_ELEMENTS,
-    QuantizeOutput,
-    Quantizer,
-    check_last_dim,
-    data_relative_codes,
+    CodebookQuantizer,
+    max_inner_product,
     nearest_code,
     straight_through,
 )
-from vqbench.methods.ibq import max_inner_product
+from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
 ANCHORS = ("closest", "random", "probrandom")
 
 
-@register_method("cvq", version=1, paper="2307.15139", family="codebook-reinit",
+# version 2: the l2 lookup (distance="l2") is centred on the codebook mean (issue 13); the cosine default is as before
+@register_method("cvq", version=2, paper="2307.15139", family="codebook-reinit",
                  description="CVQ-VAE: EMA code usage; under-used codes pulled toward batch anchors at rate "
                              "exp(-10 K p_k / (1 - gamma))",
+                 differences="no contrastive loss (contras_loss, off in the reference) and no first_batch mode",
                  beta=0.25, decay=0.99, distance="cos", anchor="closest", init="uniform")
-class ClusteredVQ(Quantizer):
+class ClusteredVQ(CodebookQuantizer):
     """CVQ-VAE quantiser. State: ``embedding`` (K, dim), ``embed_prob`` (K,) EMA usage, the anchor pool.
 
-    Restricted-init knob: ``init="uniform"`` (reference: U(-1/K, 1/K)), ``"normal"`` (N(0, 1)), both times
-    ``init_scale`` plus ``init_offset``, or ``"data"`` (:func:`vqbench.methods.base.data_relative_codes` on the first
-    training batch, flag buffer ``data_initialised``).
+    Restricted-init knob (:class:`vqbench.methods.base.CodebookQuantizer`): ``init="uniform"`` (reference:
+    U(-1/K, 1/K)), ``"normal"`` (N(0, 1)), both times ``init_scale`` plus ``init_offset``, or ``"data"``
+    (:func:`vqbench.methods.base.data_relative_codes` on the first training batch).
     """
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, decay: float = 0.99,
                  distance: str = "cos", anchor: str = "closest", init: str = "uniform", init_scale: float = 1.0,
                  init_offset: float = 0.0) -> None:
-        super().__init__()
-        if codebook_size < 1 or dim < 1:
-            raise ValueError("dim and codebook_size must be >= 1")
+        super().__init__(dim, codebook_size, init, init_scale, init_offset)
         if distance not in ("cos", "l2"):
             raise ValueError(f"distance must be 'cos' or 'l2', got {distance!r}")
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError("decay must be in [0, 1)")
-        if init not in ("uniform", "normal", "data"):
-            raise ValueError(f"init must be 'uniform', 'normal' or 'data', got {init!r}")
-        self.dim, self.codebook_size = dim, codebook_size
         self.beta, self.decay, self.distance, self.anchor = beta, decay, distance, anchor
-        self.init_scale, self.init_offset = init_scale, init_offset
         k = codebook_size
-        weight = torch.randn(k, dim) if init == "normal" else torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k)
-        if init != "data":
-            weight = weight * init_scale + init_offset
-        self.embedding = nn.Parameter(weight)
+        self.embedding = nn.Parameter(self.initial_codes(placeholder="uniform"))
         self.register_buffer("embed_prob", torch.zeros(k))
-        self.register_buffer("data_initialised", torch.tensor(init != "data"))
         if anchor == "random":  # the reference FeaturePool: K slots, U(-1/K, 1/K) until filled
             self.register_buffer("pool", (torch.rand(k, dim) * 2 - 1) / k)
             self.register_buffer("pool_count", torch.zeros((), dtype=torch.long))
@@ -137,24 +129,16 @@ class ClusteredVQ(Quantizer):
         self.embedding.copy_(self.embedding * (1 - rate) + anchors * rate)
         return rate
 
-    def forward(self, z: Tensor) -> QuantizeOutput:
-        check_last_dim(z, self.dim)
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.reshape(-1, self.dim).float()
-            if self.training and not bool(self.data_initialised):
-                with torch.no_grad():
-                    self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale,
-                                                             self.init_offset))
-                    self.data_initialised.fill_(True)
-            indices = self.lookup(flat, self.embedding)
-            codes = self.embedding[indices]
-            commitment_loss = F.mse_loss(flat, codes.detach())
-            codebook_loss = F.mse_loss(codes, flat.detach())
-            loss = self.beta * commitment_loss + codebook_loss
-            z_q = straight_through(flat, codes)
-            stats = {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach()}
-            if self.training and flat.shape[0] > 0:
-                rate = self._update(flat.detach(), indices)
-                stats["anchor_rate_mean"] = rate.mean()
-                stats["reinit_fraction"] = (rate > 0.5).float().mean()
-        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss, stats)
+    def quantize(self, flat: Tensor) -> QuantizeOutput:
+        indices = self.lookup(flat, self.embedding)
+        codes = self.embedding[indices]
+        commitment_loss = F.mse_loss(flat, codes.detach())
+        codebook_loss = F.mse_loss(codes, flat.detach())
+        loss = self.beta * commitment_loss + codebook_loss
+        z_q = straight_through(flat, codes)
+        stats = {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach()}
+        if self.training and flat.shape[0] > 0:
+            rate = self._update(flat.detach(), indices)
+            stats["anchor_rate_mean"] = rate.mean()
+            stats["reinit_fraction"] = (rate > 0.5).float().mean()
+        return QuantizeOutput(z_q, indices, loss, stats)

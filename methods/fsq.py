@@ -14,21 +14,25 @@ Appendix A.1). With ``d = len(levels)`` channels of ``L_i`` levels each:
 
 Index = mixed-radix code of the level digits ``a_i = round(b(u_i)) + floor(L_i / 2)`` in ``[0, L_i)``:
 ``index = sum_i a_i * prod_{j < i} L_j`` (first channel least significant, as in Appendix A.1). There is
-no auxiliary loss. ``K = prod(levels)``; with ``levels=None`` the paper's recommended set (Sec. 4.1) is
-used: the largest of 2^8 [8,6,5], 2^10 [8,5,5,5], 2^12 [7,5,5,5,5], 2^14 [8,8,8,6,5], 2^16 [8,8,8,5,5,5]
-whose product does not exceed the task's ``codebook_size`` (note [7,5,5,5,5] has 4375 > 4096 codes, so
-``codebook_size=4096`` gets [8,5,5,5]); below 240 codes (no recommended set fits) ``d`` equal levels
-``L^d <= codebook_size`` with ``3 <= L <= 8`` and the largest product are used (ties: larger ``L``).
+no auxiliary loss. ``K = prod(levels)``, the method's real codebook size (it may differ from the task's).
+With ``levels=None``: at the sizes of the paper's table (Sec. 4.1) its levels, 2^8 [8,6,5], 2^10 [8,5,5,5],
+2^12 [7,5,5,5,5], 2^14 [8,8,8,6,5], 2^16 [8,8,8,5,5,5]; at any other ``codebook_size`` the levels whose product is
+closest to it (version 2; version 1 took the largest table entry not above it, e.g. 240 codes for 512), among
+non-increasing level lists with every level in 5..8 (the table's range) from 2^8 codes on, in 2..8 below. Ties, in
+order: the product not above ``codebook_size``, fewer channels, the smallest spread ``max - min``, the larger
+levels first. E.g. 512 -> [8,8,8], 8192 -> [8,8,5,5,5] (8000), 100 -> [5,5,4], 16 -> [4,4].
 No state at all besides the projections; memory is O(N d), no distance matrix.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import Tensor, nn
-from vqbench.methods.base import QuantizeOutput, Quantizer, check_last_dim
+
+from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
 #: Sec. 4.1 of 2309.15505: recommended levels per target codebook size
@@ -38,21 +42,34 @@ EPS = 1e-3
 MAX_ENUMERATED = 2**16
 
 
+#: the table's target codebook size -> its levels
+TABLE_LEVELS: dict[int, tuple[int, ...]] = dict(zip((2**8, 2**10, 2**12, 2**14, 2**16), RECOMMENDED_LEVELS))
+#: below this many codes the closest-product search also allows levels 2 to 4
+SMALL_CODEBOOK = 2**8
+
+
+def _level_lists(low: int, high: int, max_channels: int) -> itertools.chain[tuple[int, ...]]:
+    """Every non-increasing list of levels in ``low..high`` with 1..``max_channels`` channels."""
+    return itertools.chain.from_iterable(
+        itertools.combinations_with_replacement(range(high, low - 1, -1), d) for d in range(1, max_channels + 1))
+
+
 def recommended_levels(codebook_size: int) -> list[int]:
-    """The levels FSQ uses for a target ``codebook_size`` (see the module docstring)."""
-    fitting = [lv for lv in RECOMMENDED_LEVELS if math.prod(lv) <= codebook_size]
-    if fitting:
-        return list(max(fitting, key=math.prod))
+    """The levels FSQ uses for a target ``codebook_size``: the paper's table, else the closest product (module doc)."""
     if codebook_size < 2:
         raise ValueError(f"FSQ needs codebook_size >= 2, got {codebook_size}")
-    best: tuple[int, int, int] | None = None  # (product, L, d)
-    for L in range(3, 9):
-        d = int(math.floor(math.log(codebook_size) / math.log(L) + 1e-9))
-        if d >= 1 and (best is None or (L**d, L) > best[:2]):
-            best = (L**d, L, d)
-    if best is None:  # codebook_size 2
-        return [codebook_size]
-    return [best[1]] * best[2]
+    if codebook_size in TABLE_LEVELS:
+        return list(TABLE_LEVELS[codebook_size])
+    low = 5 if codebook_size >= SMALL_CODEBOOK else 2
+    # more channels than this only give products far above codebook_size (every level is >= low)
+    max_channels = int(math.log(codebook_size) / math.log(low)) + 1
+
+    def rank(levels: tuple[int, ...]) -> tuple[int, bool, int, int, list[int]]:
+        product = math.prod(levels)
+        return (abs(product - codebook_size), product > codebook_size, len(levels), levels[0] - levels[-1],
+                [-level for level in levels])
+
+    return list(min(_level_lists(low, 8, max_channels), key=rank))
 
 
 class RoundSTE(torch.autograd.Function):
@@ -70,9 +87,12 @@ class RoundSTE(torch.autograd.Function):
         return grad
 
 
-@register_method("fsq", version=1, paper="2309.15505", family="implicit",
+@register_method("fsq", version=2, paper="2309.15505", family="implicit",
                  description="FSQ: project to len(levels) channels, tanh bound, round with STE, project back; "
-                             "recommended levels for the task's codebook size",
+                             "the paper's levels at its table sizes, else the closest product to the task's K",
+                 differences="Levels at codebook sizes outside the paper's table (2^8..2^16, even powers) are chosen "
+                             "here by the closest product (the paper gives none); the bound follows Appendix A.1 "
+                             "(tan, 1 - eps) by default, with vector-quantize-pytorch's atanh bound as an option.",
                  levels=None, bound="paper")
 class FSQuantizer(Quantizer):
     """Finite scalar quantization; ``codebook_size`` becomes ``prod(levels)``."""

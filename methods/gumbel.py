@@ -19,8 +19,8 @@ quantizer of DALL-E's discrete VAE (Ramesh et al., arXiv:2102.12092, Sec. 2.1 an
   it ends at ``tau_end``): ``tau = tau_start (tau_end / tau_start)^t``. The current step and tau live in
   buffers (resume-safe); ``on_step`` changes nothing in eval mode.
 
-Memory: the soft assignment is ``N x K``. :func:`map_row_chunks` evaluates it in row chunks of at most
-``SEARCH_CHUNK_ELEMENTS`` entries and, when the batch needs several chunks and gradients are on, under
+Memory: the soft assignment is ``N x K``. :func:`vqbench.methods.ops.map_row_chunks` evaluates it in row chunks
+of at most ``SEARCH_CHUNK_ELEMENTS`` entries and, when the batch needs several chunks and gradients are on, under
 activation checkpointing (each chunk is recomputed in backward with the same Gumbel noise, since the RNG
 state is restored), so neither forward nor backward holds more than a few chunk-sized ``rows x K``
 tensors (logits, noise, soft sample: measured ~0.6 GiB peak above the parameters for K = 2^20, N = 512 on
@@ -30,69 +30,14 @@ CPU, where one ``N x K`` float32 matrix alone is 2 GiB). Compute stays O(N K dim
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
-from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, QuantizeOutput, Quantizer, check_last_dim
+
+from vqbench.methods.ops import kl_to_uniform, map_row_chunks, neg_sq_distances, sample_codes
+from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
-
-
-def map_row_chunks(fn: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, row_cost: int,
-                   reduce: Sequence[str], *, chunk_elements: int | None = None) -> tuple[Tensor, ...]:
-    """Apply ``fn`` to row chunks of ``x`` (N, d) holding at most ``chunk_elements // row_cost`` rows each.
-
-    ``fn`` returns a tuple; ``reduce[i]`` says how output ``i`` is combined over chunks: ``"cat"`` (per-row
-    outputs, concatenated along dim 0) or ``"sum"`` (added). With gradients enabled and more than one chunk
-    each chunk runs under non-reentrant activation checkpointing, so backward also holds one chunk at a time
-    (the RNG state is preserved, so random draws inside ``fn`` are identical in the recomputation).
-    ``chunk_elements`` defaults to this module's ``SEARCH_CHUNK_ELEMENTS`` (read at call time).
-    """
-    budget = SEARCH_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-    rows = max(1, budget // max(int(row_cost), 1))
-    n = x.shape[0]
-    if n <= rows:
-        return tuple(fn(x))
-    use_checkpoint = torch.is_grad_enabled()
-    parts = []
-    for start in range(0, n, rows):
-        xb = x[start:start + rows]
-        parts.append(checkpoint(fn, xb, use_reentrant=False) if use_checkpoint else fn(xb))
-    out = []
-    for how, chunks in zip(reduce, zip(*parts)):
-        out.append(torch.cat(chunks) if how == "cat" else torch.stack(chunks).sum(0))
-    return tuple(out)
-
-
-def gumbel_noise_like(logits: Tensor) -> Tensor:
-    """Gumbel(0, 1) noise ``-log(E)``, ``E ~ Exp(1)``, drawn as ``F.gumbel_softmax`` draws it."""
-    return -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_().log()
-
-
-def sample_codes(logits: Tensor, codebook: Tensor, tau: float, hard: bool) -> tuple[Tensor, Tensor]:
-    """One Gumbel-softmax sample per row: ``(z_q, index)``; ``hard`` gives the straight-through sample.
-
-    ``hard``: value ``codebook[k*]`` exactly, gradient of ``(onehot - sg[y] + y) @ codebook``.
-    """
-    y = F.softmax((logits + gumbel_noise_like(logits)) / tau, dim=-1)
-    index = y.argmax(dim=-1)
-    if not hard:
-        return y @ codebook, index
-    soft = y @ codebook.detach()
-    return codebook[index] + (soft - soft.detach()), index
-
-
-def kl_to_uniform(logits: Tensor) -> Tensor:
-    """Sum over rows of ``KL(softmax(l) || Uniform(K)) = sum_k q_k log q_k + log K``."""
-    log_q = F.log_softmax(logits, dim=-1)
-    return (log_q.exp() * log_q).sum() + logits.shape[0] * math.log(logits.shape[-1])
-
-
-def neg_sq_distances(x: Tensor, codes: Tensor) -> Tensor:
-    """``-||x_n - c_k||^2`` for rows ``x`` (n, d) and codes (K, d)."""
-    return -(x.pow(2).sum(1, keepdim=True) - 2 * x @ codes.t() + codes.pow(2).sum(1))
 
 
 def anneal(start: float, end: float, step: int, total_steps: int, schedule: str) -> float:
@@ -108,6 +53,10 @@ def anneal(start: float, end: float, step: int, total_steps: int, schedule: str)
 @register_method("gumbel", version=1, paper="1611.01144", family="stochastic",
                  description="Gumbel-softmax VQ (DALL-E style): straight-through hard samples, KL to uniform, "
                              "temperature annealed 1 -> 1/16 (cosine)",
+                 differences="Against taming-transformers' GumbelQuantize: eval takes the noise-free argmax (taming "
+                             "still samples), the KL weight is DALL-E's 0.01 (taming's default 5e-4) and the "
+                             "temperature follows DALL-E's cosine 1 -> 1/16 over the run (taming sets it from "
+                             "outside).",
                  logits="linear", hard=True, kl_weight=0.01, tau_start=1.0, tau_end=1.0 / 16,
                  schedule="cosine")
 class GumbelQuantizer(Quantizer):

@@ -1,16 +1,22 @@
 """IBQ: index backpropagation quantization, a straight-through estimator over the one-hot code index.
 
 Shi et al., "Scalable Image Tokenization with Index Backpropagation Quantization", arXiv:2412.02692; the update
-follows the reference ``IndexPropagationQuantize`` (TencentARC/SEED-Voken, ``IBQ/modules/vqvae/quantize.py``).
-With logits ``l_ik = z_i . c_k`` (inner product, temperature 1):
+follows the reference ``IndexPropagationQuantize`` (TencentARC/SEED-Voken, ``src/IBQ/modules/vqvae/quantize.py``)
+with the settings of every IBQ config of that repository (``configs/IBQ/gpu/*.yaml``: ``use_entropy_loss: True``,
+``entropy_loss_weight: 0.05``, ``entropy_temperature: 0.01``, ``beta: 0.25``). With logits ``l_ik = z_i . c_k``
+(inner product, temperature 1):
 
 * index ``k_i = argmax_k l_ik`` (= argmax of ``softmax(l_i)``), hard one-hot ``h_i``;
 * ``one_hot_i = h_i - sg[s_i] + s_i`` with ``s_i = softmax(l_i)``, and ``z_q_i = one_hot_i C``: the value is the code
   ``c_{k_i}``, the gradient reaches *every* code (and ``z``) through ``s_i``;
 * ``L = ||z_q - z||^2 + ||sg[c_k] - z||^2 + beta ||c_k - sg[z]||^2`` (the paper's double quantization loss; means
   over elements, ``beta = 0.25``);
-* optional MAGVIT-style entropy term (off in the reference module by default): with ``p_i = softmax(l_i / T)``,
-  ``entropy_weight * (mean_i H(p_i) - H(mean_i p_i))``, ``T = 0.01``, ``log(p + 1e-5)`` in the batch entropy.
+* MAGVIT-style entropy term, on by default as in the reference configs: with ``p_i = softmax(l_i / T)``,
+  ``entropy_weight * (mean_i H(p_i) - H(mean_i p_i))``, ``entropy_weight = 0.05``, ``T = 0.01``, ``log(p + 1e-5)``
+  in the batch entropy (``entropy_weight=0`` turns it off, the reference module's own default).
+
+Differences from the reference: no EMA copy of the tokenizer's weights (the reference configs' ``use_ema``, a
+property of the training loop, not of the quantizer) and no index remapping (``remap``).
 
 Memory: the soft one-hot is N x K. It is never materialised whole: rows are processed in chunks of at most
 ``SEARCH_CHUNK_ELEMENTS`` logits under activation checkpointing, so the backward pass recomputes one chunk at a
@@ -23,20 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from vqbench.methods.base import (
-    SEARCH_CHUNK_ELEMENTS,
-    QuantizeOutput,
-    Quantizer,
-    blocked_argmin,
-    check_last_dim,
-    data_relative_codes,
-)
+
+from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, CodebookQuantizer, max_inner_product
+from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
-
-
-def max_inner_product(x: Tensor, codes: Tensor, *, block: tuple[int, int] | None = None) -> Tensor:
-    """``argmax_k x_i . c_k`` for each row of ``x`` (N, d) over ``codes`` (K, d), in bounded blocks."""
-    return blocked_argmin(x, codes, None, -1.0, block)
 
 
 def _row_chunks(n: int, k: int) -> list[tuple[int, int]]:
@@ -77,66 +73,46 @@ def entropy_penalty(x: Tensor, codes: Tensor, temperature: float, eps: float = 1
     return sample_sum / n, -(avg * torch.log(avg + eps)).sum()
 
 
-@register_method("ibq", version=1, paper="2412.02692", family="all-code-gradient",
+# version 2: the reference configs' entropy term on by default (weight 0.05, T 0.01)
+@register_method("ibq", version=2, paper="2412.02692", family="all-code-gradient",
                  description="IBQ: straight-through over the soft one-hot index so every code gets gradient; "
-                             "double quantization loss",
-                 beta=0.25, entropy_weight=0.0, entropy_temperature=0.01, init="normal")
-class IndexBackpropQuantizer(Quantizer):
+                             "double quantization loss + entropy term (weight 0.05, T 0.01)",
+                 differences="no EMA copy of the tokenizer weights (use_ema) and no index remap; soft one-hot "
+                             "and entropy in checkpointed row chunks (same values)",
+                 beta=0.25, entropy_weight=0.05, entropy_temperature=0.01, init="normal")
+class IndexBackpropQuantizer(CodebookQuantizer):
     """IBQ with a learnable codebook ``C`` (K, dim), initialised N(0, 1) like the reference ``nn.Embedding``.
 
-    Restricted-init knob: ``init="normal"|"uniform"|"data"``; ``"uniform"`` is U(-1/K, 1/K), both scaled by
-    ``init_scale`` and shifted by ``init_offset``; ``"data"`` draws the codes with
-    :func:`vqbench.methods.base.data_relative_codes` from the first training batch (flag buffer ``data_initialised``).
+    Restricted-init knob (:class:`vqbench.methods.base.CodebookQuantizer`): ``init="normal"|"uniform"|"data"``;
+    ``"uniform"`` is U(-1/K, 1/K), both scaled by ``init_scale`` and shifted by ``init_offset``; ``"data"`` draws
+    the codes with :func:`vqbench.methods.base.data_relative_codes` from the first training batch.
     """
 
-    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_weight: float = 0.0,
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_weight: float = 0.05,
                  entropy_temperature: float = 0.01, init: str = "normal", init_scale: float = 1.0,
                  init_offset: float = 0.0) -> None:
-        super().__init__()
-        if codebook_size < 1 or dim < 1:
-            raise ValueError("dim and codebook_size must be >= 1")
-        if init not in ("normal", "uniform", "data"):
-            raise ValueError(f"init must be 'normal', 'uniform' or 'data', got {init!r}")
+        super().__init__(dim, codebook_size, init, init_scale, init_offset)
         if entropy_temperature <= 0:
             raise ValueError("entropy_temperature must be > 0")
-        self.dim, self.codebook_size = dim, codebook_size
         self.beta, self.entropy_weight, self.entropy_temperature = beta, entropy_weight, entropy_temperature
-        self.init, self.init_scale, self.init_offset = init, init_scale, init_offset
-        if init == "uniform":
-            weight = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
-        else:
-            weight = torch.randn(codebook_size, dim)
-        if init != "data":
-            weight = weight * init_scale + init_offset
-        self.embedding = nn.Parameter(weight)
-        self.register_buffer("data_initialised", torch.tensor(init != "data"))
+        self.embedding = nn.Parameter(self.initial_codes())
 
     def codebook(self) -> Tensor:
         return self.embedding
 
-    @torch.no_grad()
-    def _init_from_data(self, flat: Tensor) -> None:
-        self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale, self.init_offset))
-        self.data_initialised.fill_(True)
-
-    def forward(self, z: Tensor) -> QuantizeOutput:
-        check_last_dim(z, self.dim)
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.reshape(-1, self.dim).float()
-            if self.training and not bool(self.data_initialised):
-                self._init_from_data(flat)
-            codes = self.embedding
-            indices = max_inner_product(flat, codes)
-            hard = codes[indices]
-            z_q = hard + soft_one_hot_path(flat, codes)
-            soft_loss = F.mse_loss(z_q, flat)
-            commitment_loss = F.mse_loss(flat, hard.detach())
-            codebook_loss = F.mse_loss(hard, flat.detach())
-            loss = soft_loss + commitment_loss + self.beta * codebook_loss
-            stats = {"soft_loss": soft_loss.detach(), "commitment_loss": commitment_loss.detach(),
-                     "codebook_loss": codebook_loss.detach()}
-            if self.entropy_weight:
-                sample_h, batch_h = entropy_penalty(flat, codes, self.entropy_temperature)
-                loss = loss + self.entropy_weight * (sample_h - batch_h)
-                stats.update(sample_entropy=sample_h.detach(), batch_entropy=batch_h.detach())
-        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss, stats)
+    def quantize(self, flat: Tensor) -> QuantizeOutput:
+        codes = self.embedding
+        indices = max_inner_product(flat, codes)
+        hard = codes[indices]
+        z_q = hard + soft_one_hot_path(flat, codes)
+        soft_loss = F.mse_loss(z_q, flat)
+        commitment_loss = F.mse_loss(flat, hard.detach())
+        codebook_loss = F.mse_loss(hard, flat.detach())
+        loss = soft_loss + commitment_loss + self.beta * codebook_loss
+        stats = {"soft_loss": soft_loss.detach(), "commitment_loss": commitment_loss.detach(),
+                 "codebook_loss": codebook_loss.detach()}
+        if self.entropy_weight:
+            sample_h, batch_h = entropy_penalty(flat, codes, self.entropy_temperature)
+            loss = loss + self.entropy_weight * (sample_h - batch_h)
+            stats.update(sample_entropy=sample_h.detach(), batch_entropy=batch_h.detach())
+        return QuantizeOutput(z_q, indices, loss, stats)

@@ -46,8 +46,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vqbench.methods.base import QuantizeOutput, Quantizer, check_last_dim
-from vqbench.methods.gumbel import map_row_chunks
+
+from vqbench.methods.ops import map_row_chunks
+from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
 MAX_ENUMERATED = 2**16
@@ -116,6 +117,10 @@ def codebook_entropy(u: Tensor, scale: float, inv_temperature: float, group_size
 @register_method("lfq", version=2, paper="2310.05737", family="implicit",
                  description="LFQ (MAGVIT-v2): sign of a log2(K)-dim projection, index = bits, per-sample minus "
                              "batch entropy (exact) + commitment",
+                 differences="The per-sample entropy is the exact factorised binary entropy where vector-quantize-"
+                             "pytorch takes log(clamp(p, 1e-5)) of the full softmax (equal while every probability "
+                             "exceeds 1e-5); the codebook entropy is exact over all 2^b codes, as in "
+                             "vector-quantize-pytorch.",
                  entropy_weight=0.1, diversity_gamma=1.0, commitment_weight=0.25, inv_temperature=100.0,
                  scale=1.0, entropy_group_size=None)
 class LookupFreeQuantizer(Quantizer):
@@ -176,6 +181,9 @@ class LookupFreeQuantizer(Quantizer):
 @register_method("bsq", version=2, paper="2406.07548", family="implicit",
                  description="BSQ: l2-normalised projection, sign/sqrt(d), factorised per-sample minus codebook "
                              "entropy",
+                 differences="The reference code divides the entropy term by inv_temperature and scales the "
+                             "straight-through gradient by 1/sqrt(b); here the gradient to u is the identity and the "
+                             "codebook entropy is factorised per bit by default (entropy_group_size=1).",
                  entropy_weight=0.1, diversity_gamma=1.0, sample_entropy_weight=1.0, commitment_weight=0.0,
                  inv_temperature=1.0, entropy_group_size=1)
 class BinarySphericalQuantizer(LookupFreeQuantizer):

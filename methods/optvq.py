@@ -16,11 +16,17 @@ Zhang et al., "Preventing Local Pitfalls in Vector Quantization via Optimal Tran
 * ``L = ||z - sg[e_k]||^2 + beta ||sg[z] - e_k||^2`` (the reference ``l2`` loss: weight 1 on the encoder side,
   ``beta = 0.25`` on the codebook side), ``z_q = z + sg[e_k - z]``.
 
-Eval mode (``eval_assign="nearest"``, default) uses the plain nearest code, so the tokenizer's assignment does
-not depend on the other samples of the batch and utilisation is measured on the codebook itself, not forced
-by the transport constraint; ``eval_assign="sinkhorn"`` applies the training rule as the reference code does.
-Not included: the reference's multi-head split (``num_head``). The N x K cost is never held whole: every pass
-recomputes bounded row chunks (n_iters + 2 passes when it does not fit one chunk).
+Eval mode applies the training rule too (``eval_assign="sinkhorn"``, default), as the reference's
+``quantize_input`` does in every mode; ``eval_assign="nearest"`` uses the plain nearest code instead, so the
+assignment of a vector does not depend on the other samples of its batch (and utilisation is not forced by the
+transport constraint). The distances are computed with both sides centred on the codebook mean (the same
+distances; no float32 cancellation when codes and inputs share a large mean).
+
+Differences from the reference: a single head (the reference configs split each vector into ``num_head`` = 4 or 8
+sub-vectors over one shared codebook, which gives several indices per vector: outside this benchmark's one index
+per vector), no k-means init of the codebook from a pretrained encoder's embeddings (the reference's offline
+``use_initiate: kmeans`` pre-pass, faiss, 100 iterations per class), no ``start_quantize_steps``. The N x K cost is
+never held whole: every pass recomputes bounded row chunks (n_iters + 2 passes when it does not fit one chunk).
 """
 
 from __future__ import annotations
@@ -30,15 +36,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vqbench.methods.base import (
-    SEARCH_CHUNK_ELEMENTS,
-    QuantizeOutput,
-    Quantizer,
-    check_last_dim,
-    data_relative_codes,
-    nearest_code,
-    straight_through,
-)
+
+from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, CodebookQuantizer, nearest_code, straight_through
+from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
 
@@ -62,6 +62,8 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
     n, k = x.shape[0], codes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.long, device=x.device)
+    centre = codes.mean(dim=0)  # distances are translation-invariant: centring avoids float32 cancellation
+    x, codes = x - centre, codes - centre
     code_sq = codes.pow(2).sum(1)
     rows = max(1, min(n, chunk_elements // max(k, 1)))
     spans = [(s, min(n, s + rows)) for s in range(0, n, rows)]
@@ -122,45 +124,37 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
     return indices, plan
 
 
-@register_method("optvq", version=1, paper="2412.15195", family="assignment",
-                 description="OptVQ: Sinkhorn-Knopp optimal-transport assignment on the normalised distance; "
-                             "linear code projection",
-                 beta=0.25, epsilon=10.0, n_iters=5, guard=1e-8, use_proj=True, eval_assign="nearest",
+# version 2: Sinkhorn at eval by default, as the reference; distances centred on the codebook mean
+@register_method("optvq", version=2, paper="2412.15195", family="assignment",
+                 description="OptVQ: Sinkhorn-Knopp optimal-transport assignment on the normalised distance (in "
+                             "training and at eval); linear code projection",
+                 differences="single head (the reference configs use num_head 4-8); no offline k-means init from a "
+                             "pretrained encoder; Sinkhorn at eval as the reference",
+                 beta=0.25, epsilon=10.0, n_iters=5, guard=1e-8, use_proj=True, eval_assign="sinkhorn",
                  init="normal")
-class OptVQ(Quantizer):
+class OptVQ(CodebookQuantizer):
     """OptVQ quantiser: ``embedding`` (K, dim) through ``proj`` (dim -> dim, if ``use_proj``).
 
-    Restricted-init knob on ``embedding``: ``init="normal"`` (N(0, 1), the reference ``nn.Embedding``),
-    ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus ``init_offset``; ``"data"`` draws the embedding with
-    :func:`vqbench.methods.base.data_relative_codes` on the first training batch and sets ``proj`` to the identity so the
-    initial codes are exactly those draws (flag buffer ``data_initialised``).
+    Restricted-init knob on ``embedding`` (:class:`vqbench.methods.base.CodebookQuantizer`): ``init="normal"``
+    (N(0, 1), the reference ``nn.Embedding``), ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus
+    ``init_offset``; ``"data"`` draws the embedding with :func:`vqbench.methods.base.data_relative_codes` on the
+    first training batch and sets ``proj`` to the identity so the initial codes are exactly those draws.
     """
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, epsilon: float = 10.0, n_iters: int = 5,
-                 guard: float = 1e-8, use_proj: bool = True, eval_assign: str = "nearest", init: str = "normal",
+                 guard: float = 1e-8, use_proj: bool = True, eval_assign: str = "sinkhorn", init: str = "normal",
                  init_scale: float = 1.0, init_offset: float = 0.0) -> None:
-        super().__init__()
-        if codebook_size < 1 or dim < 1:
-            raise ValueError("dim and codebook_size must be >= 1")
+        super().__init__(dim, codebook_size, init, init_scale, init_offset)
         if eval_assign not in ("nearest", "sinkhorn"):
             raise ValueError(f"eval_assign must be 'nearest' or 'sinkhorn', got {eval_assign!r}")
-        if init not in ("normal", "uniform", "data"):
-            raise ValueError(f"init must be 'normal', 'uniform' or 'data', got {init!r}")
         if epsilon <= 0 or n_iters < 0 or guard < 0:
             raise ValueError("epsilon must be > 0, n_iters >= 0 and guard >= 0")
-        self.dim, self.codebook_size = dim, codebook_size
         self.beta, self.epsilon, self.n_iters, self.guard, self.eval_assign = beta, epsilon, n_iters, guard, eval_assign
-        self.init_scale, self.init_offset = init_scale, init_offset
-        k = codebook_size
-        weight = torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k) if init == "uniform" else torch.randn(k, dim)
-        if init != "data":
-            weight = weight * init_scale + init_offset
-        self.embedding = nn.Parameter(weight)
+        self.embedding = nn.Parameter(self.initial_codes())
         self.proj: nn.Linear | None = None
         if use_proj:
             self.proj = nn.Linear(dim, dim)
             nn.init.normal_(self.proj.weight, std=dim ** -0.5)
-        self.register_buffer("data_initialised", torch.tensor(init != "data"))
 
     def codebook(self) -> Tensor:
         return self.proj(self.embedding) if self.proj is not None else self.embedding
@@ -170,29 +164,22 @@ class OptVQ(Quantizer):
         return self.proj(rows) if self.proj is not None else rows
 
     @torch.no_grad()
-    def _init_from_data(self, flat: Tensor) -> None:
-        self.embedding.copy_(data_relative_codes(flat, self.codebook_size, self.init_scale, self.init_offset))
+    def init_from_data(self, flat: Tensor) -> None:
+        super().init_from_data(flat)
         if self.proj is not None:
             self.proj.weight.copy_(torch.eye(self.dim, device=flat.device))
             self.proj.bias.zero_()
-        self.data_initialised.fill_(True)
 
-    def forward(self, z: Tensor) -> QuantizeOutput:
-        check_last_dim(z, self.dim)
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.reshape(-1, self.dim).float()
-            if self.training and not bool(self.data_initialised):
-                self._init_from_data(flat)
-            with torch.no_grad():
-                codebook = self.codebook()
-                if self.training or self.eval_assign == "sinkhorn":
-                    indices = sinkhorn_assign(flat, codebook, self.epsilon, self.n_iters, self.guard)
-                else:
-                    indices = nearest_code(flat, codebook)
-            codes = self.decode_indices(indices)
-            commitment_loss = F.mse_loss(flat, codes.detach())
-            codebook_loss = F.mse_loss(codes, flat.detach())
-            loss = commitment_loss + self.beta * codebook_loss
-            z_q = straight_through(flat, codes)
-        return QuantizeOutput(z_q.reshape(z.shape), indices.reshape(z.shape[:-1]), loss,
+    def quantize(self, flat: Tensor) -> QuantizeOutput:
+        with torch.no_grad():
+            codebook = self.codebook()
+            if self.training or self.eval_assign == "sinkhorn":
+                indices = sinkhorn_assign(flat, codebook, self.epsilon, self.n_iters, self.guard)
+            else:
+                indices = nearest_code(flat, codebook)
+        codes = self.decode_indices(indices)
+        commitment_loss = F.mse_loss(flat, codes.detach())
+        codebook_loss = F.mse_loss(codes, flat.detach())
+        loss = commitment_loss + self.beta * codebook_loss
+        return QuantizeOutput(straight_through(flat, codes), indices, loss,
                               {"codebook_loss": codebook_loss.detach(), "commitment_loss": commitment_loss.detach()})

@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING",
-                 "SUSPENDED", "STOPPED", "RESIZING", "SPECIAL_EXIT", "SIGNALING", "POWER_UP_NODE"}
+#: squeue states of a job that is running; any other state squeue lists means it is still queued
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
 
 

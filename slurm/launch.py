@@ -1,7 +1,9 @@
 """Submit a sweep, report its status, collect its results: each safe to rerun at any time.
 
-- :func:`run_sweep` expands the sweep, skips runs complete in the store and runs whose job is still
-  pending or running (so a rerun never does anything twice), and submits the rest: on Slurm as job
+- :func:`run_sweep` builds every distinct task and method of the sweep once on the CPU (a value one refuses
+  is a one-line error naming the sweep file and line, before anything is submitted, dry run included), skips
+  runs complete in the store and runs whose job is still pending or running (so a rerun never does anything
+  twice), and submits the rest: on Slurm as job
   arrays (one per resource profile, split below the cluster's MaxArraySize, ``%`` throttled), on the
   local executor as background processes (at most ``array_parallelism``, and no more than the CPUs
   allow) that each run their share of the runs in turn, and on the debug executor in this process,
@@ -38,15 +40,16 @@ from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
+
 from vqbench.errors import UserError
 from vqbench.provenance import git_provenance
 from vqbench.slurm import jobs
 from vqbench.slurm.profile import CLUSTERS, Profile
 from vqbench.slurm.snapshot import launcher, ship_plugins, snapshot_code
-from vqbench.slurm.sweep import Sweep
+from vqbench.slurm.sweep import Sweep, check_buildable
 from vqbench.slurm.worker import SweepWorker
 from vqbench.spec import RunSpec
-from vqbench.store import ResultStore, atomic_write_table, final_metrics
+from vqbench.store import ResultStore, atomic_write_table, final_metrics, format_run_summary
 
 STATES = ("done", "running", "pending", "failed", "diverged", "unsubmitted")
 ACTIVE = ("running", "pending", "unknown")
@@ -231,6 +234,7 @@ class _Row:
 def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
     """status, error and finish time of the stored rows of ``run_ids`` (read in parallel)."""
     import pyarrow.parquet as pq
+
     from vqbench.store import RUNS_SCHEMA
 
     def read(run_id: str) -> tuple[str, _Row | None]:
@@ -323,6 +327,7 @@ def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executo
     results = Path(results).resolve()
     if executor is not None and executor not in CLUSTERS:
         raise UserError(f"unknown executor {executor!r}: use {', '.join(CLUSTERS)}")
+    check_buildable(sweep)  # a value a method or task refuses fails here, not in a job
     if dry_run:
         summary = _submit(sweep, results, executor, True, device, say, workers)
     else:
@@ -434,16 +439,9 @@ def _debug_one(args: tuple[str, str, str | None, str, tuple[str, ...]], threads:
 
 
 def _run_line(spec: RunSpec, outcome: dict[str, Any]) -> str:
-    line = f"run {spec.run_id} ({spec.method} on {spec.task}, seed {spec.seed}): {outcome['status']}"
-    if outcome.get("error"):
-        line += f": {outcome['error']}"
-    final = outcome.get("final") or {}
-    keys = [k for k in ("mse", "psnr", "utilization", "perplexity") if k in final]
-    if keys:
-        line += " | " + ", ".join(f"{k}={final[k]:.4g}" for k in keys)
-    if "wall_time_s" in outcome:
-        line += f" ({outcome['wall_time_s']:.1f}s)"
-    return line
+    return format_run_summary(spec.run_id, spec.method, spec.task, spec.seed, outcome["status"],
+                              error=outcome.get("error") or "", final=outcome.get("final"),
+                              main_metric=outcome.get("main_metric"), wall_time_s=outcome.get("wall_time_s"))
 
 
 class _SnapshotCommand:

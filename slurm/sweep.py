@@ -30,9 +30,11 @@ name)::
 
 Everything is checked on load: an unknown key, a wrong type, an unknown task, method or parameter,
 a bad budget or profile, or a selection that expands to nothing is a one-line :class:`ConfigError`
-naming the file, the line and the key. Expansion goes through :func:`vqbench.runner.make_spec`
-(defaults, versions) and is deterministic: tasks in file order (globs sorted), then task params,
-methods, method params and seeds; a spec listed twice is kept once.
+naming the file, the line and the key. Values only a builder can judge (a method's levels, thresholds or
+weights, a task's sizes) are checked by :func:`check_buildable`, which builds each distinct task and method once
+on the CPU; ``run_sweep`` calls it before submitting anything (dry runs too). Expansion goes through
+:func:`vqbench.spec.make_spec` (defaults, versions) and is deterministic: tasks in file order (globs sorted),
+then task params, methods, method params and seeds; a spec listed twice is kept once.
 
 Tasks that other code registers later (e.g. the image tasks of the ``paper`` suite) are unknown until
 their module exists: ``load_sweep(..., skip_unknown=True)`` (``--skip-unknown`` on the command line)
@@ -65,7 +67,7 @@ from vqbench.slurm.config import (
     type_name,
 )
 from vqbench.slurm.profile import Profile, load_profile
-from vqbench.spec import Budget, RunSpec, make_spec, task_budget
+from vqbench.spec import Budget, RunSpec, canonical_json, make_spec, task_budget
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -99,6 +101,8 @@ class Sweep:
     plugins: tuple[str, ...] = ()  # absolute .py paths or module names, as loaded
     tags: tuple[str, ...] = ()
     skipped: list[str] = field(default_factory=list)  # what skip_unknown dropped, one line each
+    # (kind, name, canonical JSON of the resolved params) -> where the sweep file sets them (for check_buildable)
+    origins: dict[tuple[str, str, str], Where] = field(default_factory=dict, repr=False)
 
     @property
     def suite_tag(self) -> str:
@@ -159,6 +163,64 @@ def parse_sweep(data: Any, *, source: str = "<sweep>", base_dir: Path | None = N
     return _Expander(data, Where(source), base_dir or Path.cwd(), skip_unknown, path).sweep()
 
 
+def check_buildable(sweep: Sweep) -> None:
+    """Build every distinct task and method of ``sweep`` once on the CPU, as its runs will, before any submission.
+
+    Tasks are built from their params (constructors check values and load no data); each distinct method
+    with its params is built for the ``latent_dim`` and ``codebook_size`` of the tasks it runs on, so a level,
+    threshold or weight a method refuses in ``__init__`` fails here, as a one-line :class:`ConfigError` naming
+    the sweep file, the line, the method and the refused value, instead of in a job. Builds draw from a
+    forked RNG: the caller's random state is left as it was.
+    """
+    import torch
+
+    tasks: dict[tuple[str, str], tuple[int, int]] = {}
+    built: set[tuple[str, str, int, int]] = set()
+    with torch.random.fork_rng(devices=[]):
+        for spec in sweep.specs():
+            task_key = (spec.task, canonical_json(spec.task_params))
+            if task_key not in tasks:
+                try:
+                    task = TASKS.create(spec.task, **spec.task_params)
+                except Exception as exc:  # noqa: BLE001 - any refusal is reported with its place in the file
+                    chosen = _params(TASKS, spec.task, spec.task_params)
+                    raise _origin(sweep, "task", *task_key).error(
+                        f"task {spec.task} cannot be built with {chosen}: {_reason(exc)}; fix the value (nothing "
+                        "was submitted)") from None
+                tasks[task_key] = (task.latent_dim, task.codebook_size)
+            dim, size = tasks[task_key]
+            method_json = canonical_json(spec.method_params)
+            if (spec.method, method_json, dim, size) in built:
+                continue
+            try:
+                METHODS.create(spec.method, dim=dim, codebook_size=size, **spec.method_params)
+            except Exception as exc:  # noqa: BLE001 - any refusal is reported with its place in the file
+                chosen = _params(METHODS, spec.method, spec.method_params)
+                raise _origin(sweep, "method", spec.method, method_json).error(
+                    f"method {spec.method} cannot be built with {chosen} for task {spec.task} "
+                    f"(dim {dim}, codebook_size {size}): {_reason(exc)}; fix the value (nothing was submitted)"
+                ) from None
+            built.add((spec.method, method_json, dim, size))
+
+
+def _origin(sweep: Sweep, kind: str, name: str, params_json: str) -> Where:
+    where = sweep.origins.get((kind, name, params_json))
+    return where or Where(str(sweep.path) if sweep.path else f"sweep {sweep.name}", f"{kind}s")
+
+
+def _params(registry: Registry, name: str, params: dict[str, Any]) -> str:
+    """The params that differ from the entry's defaults (the ones the sweep chose), as ``k=v, ...``."""
+    defaults = registry.get(name).defaults
+    chosen = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(chosen.items())) or "its defaults"
+
+
+def _reason(exc: BaseException) -> str:
+    """The builder's own message (the registry wraps a ValueError in a UserError that repeats the params)."""
+    cause = exc.__cause__ if isinstance(exc, UserError) and exc.__cause__ is not None else exc
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
 # -- expansion -------------------------------------------------------------------------------------
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
@@ -210,6 +272,7 @@ class _Expander:
         all_tags = (f"suite:{name}", *tags)
         runs: list[SweepRun] = []
         seen: set[str] = set()
+        origins: dict[tuple[str, str, str], Where] = {}
         for t in tasks:
             for task in t.names:
                 budget_obj = self._resolve_budget(task, t.budget, t.budget_where)
@@ -226,8 +289,12 @@ class _Expander:
                                     if spec.run_id not in seen:
                                         seen.add(spec.run_id)
                                         runs.append(SweepRun(spec, t.profile or profile))
+                                        origins.setdefault(("task", task, canonical_json(spec.task_params)),
+                                                           t.params_where)
+                                        origins.setdefault(("method", method, canonical_json(spec.method_params)),
+                                                           m.params_where)
         return Sweep(name=name, version=version, runs=runs, profile=profile, description=description,
-                     path=self.path, plugins=plugins, tags=tags, skipped=self.skipped)
+                     path=self.path, plugins=plugins, tags=tags, skipped=self.skipped, origins=origins)
 
     # -- pieces ------------------------------------------------------------------------------------
     def _plugins(self, value: Any, where: Where) -> tuple[str, ...]:
@@ -425,4 +492,5 @@ def _combos(item: dict, where: Where) -> list[dict[str, Any]]:
     return combos or [dict(plain(fixed))]
 
 
-__all__ = ["ConfigError", "Sweep", "SweepRun", "list_suites", "load_sweep", "parse_sweep", "resolve_sweep_path"]
+__all__ = ["ConfigError", "Sweep", "SweepRun", "check_buildable", "list_suites", "load_sweep", "parse_sweep",
+           "resolve_sweep_path"]

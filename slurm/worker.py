@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+
 from vqbench.slurm.jobs import record_attempt
 from vqbench.slurm.snapshot import plugin_to_load
 
@@ -49,6 +50,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
 
     def _prepare(self) -> None:
         import torch
+
         from vqbench.registry import load_plugin
 
         if self.threads:
@@ -93,7 +95,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
             self._say(f"run {run_id} {result.status}{': ' + result.error if result.error else ''} "
                       f"({result.wall_time_s:.1f}s)")
             out.append({"run_id": run_id, "status": result.status, "error": result.error,
-                        "final": result.final, "wall_time_s": result.wall_time_s})
+                        "final": result.final, "wall_time_s": result.wall_time_s, "main_metric": result.main_metric})
         if errors:
             raise RuntimeError(f"{len(errors)} run(s) raised: " + "; ".join(errors))
         return out

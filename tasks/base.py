@@ -1,7 +1,8 @@
 """The Task contract: a task supplies pieces, the runner owns the one training loop.
 
 A task (registered with ``@register_task``) is built with its params, then the runner calls
-``setup(device, seed)`` and ``stages(quantizer, budget)``. Each :class:`Stage` is trained by the same
+``bind(spec, results_root)``, ``setup(device, seed)``, ``feature_bank()`` (handed to a quantizer that
+declares it uses one) and ``stages(quantizer, budget)``. Each :class:`Stage` is trained by the same
 loop: ``batch(step)`` must be a pure function of ``step`` (so a resumed run sees the same batches),
 ``loss(batch)`` returns the scalar to minimise plus scalar logs, and ``evaluate()`` measures the
 whole eval split. A generation task returns two stages (tokenizer, then prior).
@@ -9,13 +10,18 @@ whole eval split. A generation task returns two stages (tokenizer, then prior).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from vqbench.metrics import Evaluation
+from vqbench.quantizer import Quantizer
+from vqbench.spec import RunSpec
 
 
 @dataclass
@@ -24,12 +30,13 @@ class Stage:
     model: nn.Module  # every trainable parameter of this stage (frozen ones have requires_grad=False)
     batch: Callable[[int], Any]  # step -> batch on the device; deterministic in step
     loss: Callable[[Any], tuple[Tensor, dict[str, Tensor]]]
-    evaluate: Callable[[], Evaluation]
+    evaluate: Callable[[], Evaluation]  # the whole eval split (what the board reports)
     steps: int | None = None  # None: the budget's steps
     lr: float | None = None  # None: the budget's lr
     quantizer: nn.Module | None = None  # whose on_step the runner calls
     items_per_batch: int = 0  # for the throughput figure (items/s)
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    # the whole validation split (what tuning selects on), evaluated at the same steps as ``evaluate``
+    validate: Callable[[], Evaluation] | None = None
 
 
 class Task:
@@ -38,10 +45,14 @@ class Task:
     latent_dim: int
     codebook_size: int
     device: torch.device = torch.device("cpu")
-    # set by the runner before setup(): the RunSpec being run and the results folder (a generation task
-    # looks there for a finished tokenizer run to reuse)
-    run_spec: Any = None
-    results_root: Any = None
+    # set through bind() by the runner before setup(): the RunSpec being run and the results folder
+    # (a generation task looks there for a finished tokenizer run to reuse); None outside the runner
+    run_spec: RunSpec | None = None
+    results_root: Path | None = None
+
+    def bind(self, spec: RunSpec, results_root: str | os.PathLike[str]) -> None:
+        """Called by the runner before :meth:`setup`: the RunSpec this task runs for and the results folder."""
+        self.run_spec, self.results_root = spec, Path(results_root)
 
     def setup(self, device: torch.device, seed: int) -> None:
         """Load or generate data (must be deterministic); called once before ``stages``."""
@@ -78,3 +89,10 @@ class EpochSampler:
             self._perm = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[:size]
             self._epoch = epoch
         return self._perm[position * self.batch_size:(position + 1) * self.batch_size]
+
+
+def report_reconstruction(quantizer: nn.Module, mse: Tensor, elements_per_token: float) -> None:
+    """Tell the quantizer the batch's per-element reconstruction MSE and the data elements per token
+    (:meth:`vqbench.quantizer.Quantizer.observe_reconstruction`); a module that is not a Quantizer hears nothing."""
+    if isinstance(quantizer, Quantizer):
+        quantizer.observe_reconstruction(mse.detach(), elements_per_token)

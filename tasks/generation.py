@@ -6,7 +6,9 @@ arXiv:2012.09841, sec. 3.2): the runner trains, through its one loop,
 1. ``tokenizer``: exactly the matching reconstruction task (:mod:`vqbench.tasks.images`): the same
    autoencoder, loss, batches and evaluation, under the generation run's budget;
 2. ``prior``: a GPT-style transformer (:class:`vqbench.tasks.prior.TokenPrior`) on the code ids of the
-   frozen tokenizer in raster order, minimising the cross-entropy ``-(1/L) sum_i log p(s_i | s_<i)``.
+   frozen tokenizer in raster order, over a vocabulary of the method's real codebook size
+   (``quantizer.codebook_size``: FSQ's product of levels, LFQ's power of two, not the task's
+   ``codebook_size``), minimising the cross-entropy ``-(1/L) sum_i log p(s_i | s_<i)``.
    Its steps, lr and batch size are task parameters (``prior_*``; ``None`` = the budget's).
    The training (and eval) images are encoded once, lazily on the prior's first batch or
    evaluation, in eval mode and in order (deterministic).
@@ -24,7 +26,8 @@ Evaluation of the prior (whole eval split):
 * ``nll_bits_per_token``: ``-(1/(N L)) sum log2 p(s_i | s_<i)`` over the eval images' tokens;
 * samples: ``n_samples`` token grids drawn with ``temperature`` / ``top_k`` from a generator seeded
   with the run's seed, decoded by the tokenizer (``quantizer.decode_indices`` -> decoder):
-  ``emitted_code_frac`` (codes the prior emits / K) and ``emitted_perplexity``;
+  ``emitted_code_frac`` (codes the prior emits / K, K the method's real codebook size, also reported as
+  ``codebook_size``) and ``emitted_perplexity``;
 * Frechet distance of the samples to the eval images (gFID), by :mod:`vqbench.image_metrics`'s naming
   rule with prefix ``g``: ``gfd_randcnn`` always (the main metric: it exists everywhere), and
   ``gfid_inception`` (or ``gfd_<timm model>``) too when that extractor is available;
@@ -36,7 +39,9 @@ When the tokenizer was reused, every prior evaluation also carries the tokenizer
 
 Parameters: all of the reconstruction task's (same names and defaults) plus the ``prior_*`` and
 sampling parameters below. Version: ``1000 * GEN_VERSION + <reconstruction task version>``, so a
-new tokenizer recipe also gives new generation ids.
+new tokenizer recipe also gives new generation ids. ``GEN_VERSION`` 2: the prior's vocabulary and the emitted-code
+figures use the method's real codebook size (version 1 used the task's, so a method with fewer codes was capped
+below 1 and a sampled id past its K decoded by wrap-around).
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import vqbench.tasks.images  # noqa: F401  (registers the reconstruction tasks the gen-* tasks wrap)
 from torch import Tensor, nn
+
+import vqbench.tasks.images  # noqa: F401  (registers the reconstruction tasks the gen-* tasks wrap)
 from vqbench.gen_metrics import BASE_GFD, cross_entropy_bits, emitted_codes, generative_extractors, precision_recall
 from vqbench.image_metrics import FrechetDistance
 from vqbench.metrics import Evaluation, code_counts
@@ -60,7 +66,7 @@ from vqbench.tasks.base import EpochSampler, Stage, Task
 from vqbench.tasks.image_data import iterate, to_model, to_unit
 from vqbench.tasks.prior import TokenPrior
 
-GEN_VERSION = 1
+GEN_VERSION = 2
 #: the prior's weights are drawn from a generator seeded with ``seed + PRIOR_SEED_OFFSET``
 PRIOR_SEED_OFFSET = 7919
 #: at most this many logits (rows x positions x codes) exist at once when evaluating the NLL
@@ -130,8 +136,8 @@ class GenerationTask(Task):
         self.token_grid = self.recon.token_grid
         self.reused_tokenizer = self._find_tokenizer()
         self._tokens: dict[str, Tensor] = {}
-        self._tokenizer_eval: Evaluation | None = None
-        self._real: dict[str, Any] | None = None
+        self._tokenizer_eval: dict[str, Evaluation] = {}
+        self._real: dict[str, dict[str, Any]] = {}
 
     def recon_spec(self) -> RunSpec | None:
         """The spec of the reconstruction run whose tokenizer this run can reuse (None outside the runner)."""
@@ -166,12 +172,13 @@ class GenerationTask(Task):
         return None if self.reused_tokenizer is not None else self.recon.feature_bank()
 
     # -- stages ------------------------------------------------------------------------------------------
-    def build_prior(self) -> TokenPrior:
-        """The prior, initialised from its own seeded RNG (the global RNG state is left untouched)."""
+    def build_prior(self, vocab_size: int) -> TokenPrior:
+        """The prior over ``vocab_size`` code ids (the quantizer's real K), initialised from its own seeded RNG
+        (the global RNG state is left untouched)."""
         h, w = self.token_grid
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + PRIOR_SEED_OFFSET)
-            prior = TokenPrior(self.codebook_size, h * w, self.prior_dim, self.prior_layers, self.prior_heads,
+            prior = TokenPrior(vocab_size, h * w, self.prior_dim, self.prior_layers, self.prior_heads,
                                self.prior_dropout)
         return prior.to(self.device)
 
@@ -185,7 +192,7 @@ class GenerationTask(Task):
             self.tokenizer = self.recon.build_model(quantizer)
             self.tokenizer.load_state_dict(self.reused_tokenizer)
             stages = []
-        self.prior = self.build_prior()
+        self.prior = self.build_prior(int(quantizer.codebook_size))  # the method's real K, not the task's
         batch_size = self.prior_batch_size or budget.batch_size
         sampler = EpochSampler(len(self.recon.train_data), batch_size, self.seed)
 
@@ -198,7 +205,8 @@ class GenerationTask(Task):
             return nats, {"nll_bits_per_token": nats.detach() / math.log(2.0)}
 
         stages.append(Stage("prior", self.prior, batch, loss, self.evaluate_prior, steps=self.prior_steps,
-                            lr=self.prior_lr, quantizer=None, items_per_batch=batch_size))
+                            lr=self.prior_lr, quantizer=None, items_per_batch=batch_size,
+                            validate=lambda: self.evaluate_prior("validation")))
         return stages
 
     # -- tokens ------------------------------------------------------------------------------------------
@@ -209,10 +217,10 @@ class GenerationTask(Task):
 
     @torch.no_grad()
     def tokens(self, split: str) -> Tensor:
-        """Code ids ``(N, h, w)`` (int32, CPU) of every image of ``split`` (``train``/``eval``), encoded once."""
+        """Code ids ``(N, h, w)`` (int32, CPU) of every image of ``split`` (train/validation/eval), encoded once."""
         if split not in self._tokens:
             tokenizer = self._frozen_tokenizer()
-            source = self.recon.train_data if split == "train" else self.recon.eval_data
+            source = self.recon.split_data(split)
             chunks = [tokenizer.tokens(self.recon.model_input(images)).to("cpu", torch.int32)
                       for images in iterate(source, self.recon.eval_batch_size, self.device, self.recon.workers)]
             self._tokens[split] = torch.cat(chunks)
@@ -220,20 +228,20 @@ class GenerationTask(Task):
 
     # -- evaluation --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _real_statistics(self) -> dict[str, Any]:
-        """Frechet-distance objects holding the eval images' statistics, and their P/R features (once)."""
-        if self._real is None:
+    def _real_statistics(self, split: str = "eval") -> dict[str, Any]:
+        """Frechet-distance objects holding ``split``'s image statistics, and their P/R features (once a split)."""
+        if split not in self._real:
             extractors, pr_features = generative_extractors(self.recon.fd, self.device)
             distances = [FrechetDistance(f, prefix="g") for f in extractors]
             with captured_outputs(pr_features) as feats:
-                for images in self.recon.eval_batches(self.sample_batch_size):
+                for images in self.recon.eval_batches(self.sample_batch_size, split=split):
                     x01 = to_unit(to_model(images))
                     for fd in distances:
                         fd.update(x01, real=True)
             for fd in distances:
                 fd.finish_real()
-            self._real = {"fd": distances, "pr_features": pr_features, "features": torch.cat(feats)}
-        return self._real
+            self._real[split] = {"fd": distances, "pr_features": pr_features, "features": torch.cat(feats)}
+        return self._real[split]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
@@ -245,22 +253,24 @@ class GenerationTask(Task):
         return seq.reshape(n, h, w)
 
     @torch.no_grad()
-    def evaluate_prior(self) -> Evaluation:
-        """NLL of the eval tokens, and gFD, precision/recall and emitted codes of ``n_samples`` samples."""
+    def evaluate_prior(self, split: str = "eval") -> Evaluation:
+        """NLL of ``split``'s tokens, and gFD (against ``split``'s images), precision/recall and emitted codes of
+        ``n_samples`` samples (the same samples for both splits: the generator is seeded by the run's seed)."""
         ev = Evaluation()
-        eval_tokens = self.tokens("eval")
+        eval_tokens = self.tokens(split)
         bits = 0.0
-        rows = max(1, min(self.sample_batch_size, MAX_LOGITS // (self.prior.seq_len * self.codebook_size)))
+        k = self.prior.vocab_size
+        rows = max(1, min(self.sample_batch_size, MAX_LOGITS // (self.prior.seq_len * k)))
         for start in range(0, eval_tokens.shape[0], rows):
             chunk = eval_tokens[start:start + rows].to(self.device).long()
             bits += cross_entropy_bits(self.prior(chunk), chunk)
         ev.metrics["nll_bits_per_token"] = bits / eval_tokens.numel()
 
-        real = self._real_statistics()
+        real = self._real_statistics(split)
         for fd in real["fd"]:
             fd.reset()
         tokenizer = self._frozen_tokenizer()
-        n = self.n_samples or len(self.recon.eval_data)
+        n = self.n_samples or len(self.recon.split_data(split))
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         samples: list[Tensor] = []
         with captured_outputs(real["pr_features"]) as fake_features:  # the features the gFD computes
@@ -276,13 +286,14 @@ class GenerationTask(Task):
         pr = precision_recall(real["features"].to(self.device), torch.cat(fake_features).to(self.device), self.pr_k)
         ev.metrics[f"precision_{suffix}"], ev.metrics[f"recall_{suffix}"] = pr["precision"], pr["recall"]
         samples_t = torch.cat(samples)
-        ev.metrics.update(emitted_codes(samples_t, self.codebook_size))
-        counts = code_counts(samples_t, self.codebook_size)
+        ev.metrics.update(emitted_codes(samples_t, k))
+        ev.metrics["codebook_size"] = float(k)
+        counts = code_counts(samples_t, k)
         ev.arrays["emitted_histogram"] = counts.sort(descending=True).values.tolist()
         if self.reused_tokenizer is not None:
-            if self._tokenizer_eval is None:  # frozen: one evaluation serves every prior evaluation
-                self._tokenizer_eval = self.recon.evaluate_model(tokenizer)
-            ev.update(self._tokenizer_eval)
+            if split not in self._tokenizer_eval:  # frozen: one evaluation serves every prior evaluation
+                self._tokenizer_eval[split] = self.recon.evaluate_model(tokenizer, split)
+            ev.update(self._tokenizer_eval[split])
         return ev
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
 from vqbench.errors import UserError
 from vqbench.tasks.base import EpochSampler
 
@@ -113,6 +114,30 @@ class TensorImages(ImageSource):
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         labels = self.labels[keep] if self.labels is not None else None
         return TensorImages(self.images[keep], labels, self.name)
+
+
+def hold_out(source: ImageSource, fraction: float, seed: int = 0) -> tuple[ImageSource, ImageSource]:
+    """(train, validation): a fixed random ``fraction`` of ``source`` held out, both in their original order.
+
+    The split depends only on ``len(source)``, ``fraction`` and ``seed``: the same images for every method and
+    training seed. At least one image is held out and at least one kept.
+    """
+    n = len(source)
+    if n < 2:
+        raise UserError(f"{source.name} has {n} training image(s): a validation split needs at least 2")
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    if isinstance(source, TensorImages):
+        def part(idx: Tensor) -> ImageSource:
+            labels = source.labels[idx] if source.labels is not None else None
+            return TensorImages(source.images[idx], labels, source.name)
+    elif isinstance(source, ImageFolderImages):
+        def part(idx: Tensor) -> ImageSource:
+            return ImageFolderImages([source.files[int(i)] for i in idx], source.size[0], source.name)
+    else:
+        raise TypeError(f"cannot hold out part of a {type(source).__name__}")
+    return part(train_idx), part(val_idx)
 
 
 def load_image_file(path: str | os.PathLike[str], size: int | None = None) -> Tensor:

@@ -12,15 +12,20 @@ Registered names (``kind="reconstruction"``, main metric ``psnr``, higher is bet
 Model and objective: :mod:`vqbench.tasks.vqgan` (Esser et al., arXiv:2012.09841). Per training step
 ``L = L_rec + L_VQ [+ w_p LPIPS] [+ lambda w_adv L_G + L_D]`` with ``L_rec`` the mean squared
 (``rec_loss="l2"``) or absolute (``"l1"``) error in [-1, 1] pixel space and ``L_VQ`` the quantizer's
-own auxiliary loss. The generator and discriminator are updated by the runner's one optimizer in one
-backward pass: the generator's adversarial term sees the discriminator with detached parameters and
-the discriminator's hinge loss sees detached reconstructions, so each part gets only its own gradient.
+own auxiliary loss (after each loss the batch's MSE and the ``C f^2`` data elements per token go to a quantizer
+that listens: :func:`vqbench.tasks.base.report_reconstruction`). The generator and discriminator are updated
+by the runner's one optimizer in one backward pass: the generator's adversarial term sees the discriminator with
+detached parameters and the discriminator's hinge loss sees detached reconstructions, so each part gets only its
+own gradient.
 
 Evaluation over the whole eval split: psnr, ssim, mse (on [0, 1] images), lpips when its weights
 are local, ``fid_inception`` or ``fd_<extractor>`` (:mod:`vqbench.image_metrics`), and every collapse
-metric of :func:`vqbench.metrics.collapse_metrics` on the code counts of all eval tokens, with encoder
+metric of :func:`vqbench.metrics.collapse_metrics` on the code counts of all eval tokens over the method's real
+codebook size (``quantizer.codebook_size``, reported as the metric ``codebook_size``), with encoder
 embeddings (a fixed regular subsample of token positions, at most ``MAX_EMBEDDING_ROWS``) and, as the
-data's own representation, the ``f x f x C`` pixel patch under each sampled token.
+data's own representation, the ``f x f x C`` pixel patch under each sampled token. The same evaluation runs
+on the validation split (what ``vqbench tune`` selects on): a fixed tenth of the training images
+(``VALIDATION_FRACTION``, seed 0), held out from training since version 2 of every image task.
 
 Data loading on CUDA: in-memory splits live on the GPU; file-backed splits are decoded by
 ``$VQBENCH_WORKERS`` DataLoader workers (default ``min(8, CPUs)`` on CUDA, 0 on CPU; loading workers
@@ -38,17 +43,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vqbench.errors import UserError
 from vqbench.image_metrics import ReconstructionMetrics, lpips_available, lpips_network
 from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
 from vqbench.registry import register_task
-from vqbench.tasks.base import Stage, Task
+from vqbench.tasks.base import Stage, Task, report_reconstruction
 from vqbench.tasks.image_data import (
     DEFAULT_PHOTOS,
     BatchLoader,
     ImageFolderImages,
     ImageSource,
     TensorImages,
+    hold_out,
     iterate,
     load_cifar10,
     load_digits,
@@ -71,6 +78,8 @@ from vqbench.tasks.vqgan import (
 WORKERS_ENV = "VQBENCH_WORKERS"
 #: at most this many token embeddings (and pixel patches) enter the collapse metrics per evaluation
 MAX_EMBEDDING_ROWS = 8192
+#: the fraction of the training images held out as the validation split (version 2 of every image task)
+VALIDATION_FRACTION = 0.1
 #: in-memory splits above this many bytes are not cached between runs of one process
 CACHE_MAX_BYTES = 2 * 2**30
 
@@ -155,7 +164,9 @@ class ImageReconstructionTask(Task):
 
     def setup(self, device: torch.device, seed: int) -> None:
         self.device, self.seed = torch.device(device), seed
-        self.train_data, self.eval_data = self.load_data()
+        train_data, self.eval_data = self.load_data()
+        # the validation split (tuning reads only this): a fixed tenth of the training images, the same for all
+        self.train_data, self.validation_data = hold_out(train_data, VALIDATION_FRACTION, seed=0)
         self.channels, self.image_size = self.train_data.channels, self.train_data.size
         h, w = self.image_size
         if h % self.downsample or w % self.downsample:
@@ -214,6 +225,8 @@ class ImageReconstructionTask(Task):
             out = model(x)
             x_hat = out.x_hat.float()
             rec = F.mse_loss(x_hat, x) if self.rec_loss == "l2" else F.l1_loss(x_hat, x)
+            mse = rec if self.rec_loss == "l2" else F.mse_loss(x_hat.detach(), x)
+            report_reconstruction(model.quantizer, mse, self.channels * self.downsample ** 2)
             logs: dict[str, Tensor] = {"rec_loss": rec.detach(), "quant_loss": out.quant.loss.detach()}
             logs.update({f"q/{k}": v for k, v in out.quant.stats.items()})
             nll = rec
@@ -234,13 +247,20 @@ class ImageReconstructionTask(Task):
         def evaluate() -> Evaluation:
             return self.evaluate_model(model)
 
+        def validate() -> Evaluation:
+            return self.evaluate_model(model, "validation")
+
         return Stage("autoencoder", model, batch, loss, evaluate, quantizer=quantizer,
-                     items_per_batch=budget.batch_size)
+                     items_per_batch=budget.batch_size, validate=validate)
 
     # -- evaluation --------------------------------------------------------------------------------
-    def eval_batches(self, batch_size: int | None = None) -> Iterator[Tensor]:
-        """The whole eval split in order, uint8 ``(B, C, H, W)`` on the device."""
-        return iterate(self.eval_data, batch_size or self.eval_batch_size, self.device, self.workers)
+    def split_data(self, split: str) -> ImageSource:
+        """The images of ``split``: ``train``, ``validation`` or ``eval``."""
+        return {"train": self.train_data, "validation": self.validation_data, "eval": self.eval_data}[split]
+
+    def eval_batches(self, batch_size: int | None = None, split: str = "eval") -> Iterator[Tensor]:
+        """The whole ``split`` (default: eval) in order, uint8 ``(B, C, H, W)`` on the device."""
+        return iterate(self.split_data(split), batch_size or self.eval_batch_size, self.device, self.workers)
 
     def metrics(self) -> ReconstructionMetrics:
         if self._metrics is None:
@@ -249,18 +269,18 @@ class ImageReconstructionTask(Task):
         return self._metrics
 
     @torch.no_grad()
-    def evaluate_model(self, model: VQAutoencoder) -> Evaluation:
-        """Reconstruction quality and collapse metrics over the whole eval split (fp32, eval mode)."""
+    def evaluate_model(self, model: VQAutoencoder, split: str = "eval") -> Evaluation:
+        """Reconstruction quality and collapse metrics over the whole ``split`` (fp32, eval mode)."""
         quantizer = model.quantizer
         metrics = self.metrics()
         metrics.reset()
         usage = CodebookUsage(quantizer.codebook_size).to(self.device)
         h, w = self.token_grid
-        total_tokens = len(self.eval_data) * h * w
+        total_tokens = len(self.split_data(split)) * h * w
         stride = max(1, math.ceil(total_tokens / MAX_EMBEDDING_ROWS))
         embeddings, reference = [], []
         seen = 0
-        for images in self.eval_batches():
+        for images in self.eval_batches(split=split):
             x = self.model_input(images)
             out = model(x)
             usage.update(out.quant.indices)
@@ -274,28 +294,29 @@ class ImageReconstructionTask(Task):
         ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), torch.cat(embeddings),
                               reference=torch.cat(reference), seed=0)
         ev.metrics.update(metrics.compute())
+        ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K (FSQ, LFQ differ)
         return ev
 
     # -- VQGAN-LC style initialisation ---------------------------------------------------------------
     @torch.no_grad()
     def feature_bank(self) -> Tensor | None:
-        """Features of training images at token positions, for methods that initialise codes from them.
+        """Features of training images at token positions from a pretrained extractor, for methods that
+        initialise their codes from them (VQGAN-LC, arXiv:2406.11837, clusters pretrained CLIP features).
 
-        With a timm encoder and local pretrained weights: the backbone's features at the token grid
-        (``F`` = its channels; the VQGAN-LC recipe, arXiv:2406.11837). Otherwise the ``f x f x C`` pixel
-        patch under each token (``F = C f^2``, model space). At most ``feature_bank_size`` rows, from a
-        fixed random set of training images (generator seeded 0: the same for every method and seed).
+        Only with a timm encoder (``encoder="timm:<model>"``) whose pretrained weights are on disk
+        (``encoder_weights``): that backbone's features at the token grid (``F`` = its channels). Otherwise
+        None (no extractor: a method then builds its bank from the task's own encoder, see ``vq-lc``). At most
+        ``feature_bank_size`` rows, from a fixed random set of training images (generator seeded 0: the same
+        for every method and seed).
         """
-        if self.feature_bank_size == 0:
+        if self.feature_bank_size == 0 or not (self.encoder.startswith("timm:") and self.encoder_weights):
             return None
         h, w = self.token_grid
         n_images = min(len(self.train_data), math.ceil(self.feature_bank_size / (h * w)))
         order = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(0))[:n_images]
-        backbone = None
-        if self.encoder.startswith("timm:") and self.encoder_weights:
-            backbone = build_encoder(self.encoder, self.channels, self.latent_dim, self.downsample,
-                                     self.channels_base, self.channel_mult, self.num_res_blocks, self.attention,
-                                     weights=self.encoder_weights).to(self.device).eval()
+        backbone = build_encoder(self.encoder, self.channels, self.latent_dim, self.downsample,
+                                 self.channels_base, self.channel_mult, self.num_res_blocks, self.attention,
+                                 weights=self.encoder_weights).to(self.device).eval()
         rows = []
         for start in range(0, n_images, self.eval_batch_size):
             idx = order[start:start + self.eval_batch_size]
@@ -304,10 +325,7 @@ class ImageReconstructionTask(Task):
             else:
                 images = torch.stack([self.train_data[int(i)] for i in idx])
             x = to_model(images.to(self.device))
-            if backbone is not None:
-                rows.append(backbone.features(x).permute(0, 2, 3, 1).reshape(-1, backbone.feature_channels).cpu())
-            else:
-                rows.append(token_patches(x, self.downsample).reshape(-1, self.channels * self.downsample ** 2).cpu())
+            rows.append(backbone.features(x).permute(0, 2, 3, 1).reshape(-1, backbone.feature_channels).cpu())
         return torch.cat(rows)[:self.feature_bank_size].float()
 
 
@@ -321,7 +339,7 @@ DIGITS_BUDGETS = {
 }
 
 
-@register_task("digits", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=True,
+@register_task("digits", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=True,
                description="Reconstruct scikit-learn's 8x8 handwritten digits through a VQGAN-style conv autoencoder",
                budgets=DIGITS_BUDGETS, n_eval=297, split_seed=0, **DIGITS_MODEL)
 class DigitsTask(ImageReconstructionTask):
@@ -344,7 +362,7 @@ PATCHES_BUDGETS = {
 }
 
 
-@register_task("patches", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=True,
+@register_task("patches", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=True,
                description="Reconstruct RGB patches of scikit-image's bundled photographs (VQGAN-style autoencoder)",
                budgets=PATCHES_BUDGETS, photos=list(DEFAULT_PHOTOS), patch_size=32, train_stride=16,
                eval_stride=16, eval_fraction=0.2, **PATCHES_MODEL)
@@ -372,7 +390,7 @@ CIFAR_BUDGETS = {
 }
 
 
-@register_task("cifar10", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=False,
+@register_task("cifar10", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True, offline=False,
                description="Reconstruct CIFAR-10 32x32 (f4, 8x8 tokens) from a local cifar-10-batches-py folder",
                budgets=CIFAR_BUDGETS, data_root=None, download=False, n_train=None, n_eval=None, subset_seed=0,
                **CIFAR_MODEL)
@@ -411,7 +429,7 @@ class FolderTask(ImageReconstructionTask):
                      for s in (train, test))  # type: ignore[return-value]
 
 
-@register_task("imagefolder", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True,
+@register_task("imagefolder", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True,
                offline=False, description="Reconstruct centre crops of any folder of images (VQGAN-style autoencoder)",
                budgets=CIFAR_BUDGETS, data_root=None, size=64, max_train=None, max_eval=None, subset_seed=0,
                eval_fraction=0.1, **dict(CIFAR_MODEL, downsample=8, eval_batch_size=64))
@@ -442,11 +460,11 @@ class ImageNetTask(FolderTask):
         return load_imagenet(self.data_root, self.size, self.max_train, self.max_eval, self.subset_seed)
 
 
-register_task("imagenet128", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True,
+register_task("imagenet128", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True,
               offline=False, description="Reconstruct ImageNet 128x128 centre crops (f8, 16x16 tokens; SimVQ setting)",
               budgets=IMAGENET_BUDGETS, data_root=None, size=128, max_train=None, max_eval=None, subset_seed=0,
               **IMAGENET_MODEL)(ImageNetTask)
-register_task("imagenet256", version=1, kind="reconstruction", main_metric="psnr", higher_is_better=True,
+register_task("imagenet256", version=2, kind="reconstruction", main_metric="psnr", higher_is_better=True,
               offline=False, description="Reconstruct ImageNet 256x256 centre crops (f16, 16x16 tokens)",
               budgets=IMAGENET_BUDGETS, data_root=None, size=256, max_train=None, max_eval=None, subset_seed=0,
               **dict(IMAGENET_MODEL, downsample=16, channel_mult=[1, 1, 2, 2, 4]))(ImageNetTask)

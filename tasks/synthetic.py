@@ -3,7 +3,14 @@
 ``gmm``: points from a Gaussian mixture in ``data_dim`` dimensions are encoded by an MLP to
 ``latent_dim``, quantized, and decoded by a mirror MLP; the loss is the reconstruction MSE plus the
 quantizer's auxiliary loss. The data are generated from ``data_seed`` (identical for every method and
-training seed), standardised per dimension, and split into fixed train and eval sets.
+training seed), standardised per dimension with the training set's statistics, and split into fixed train and
+eval sets, plus a validation set of ``n_eval`` more points from the same distribution (drawn after the others,
+so train and eval are those of the first version; tuning selects on it).
+
+After each training loss the batch's reconstruction MSE and the data elements per token (``data_dim``: one token
+per vector) go to a quantizer that listens (:func:`vqbench.tasks.base.report_reconstruction`; SQ-VAE weighs its
+latent terms by them). Usage metrics are over the method's real codebook size ``quantizer.codebook_size`` (FSQ and LFQ may have
+other than the task's ``codebook_size``), reported as the metric ``codebook_size``.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
 from vqbench.registry import register_task
-from vqbench.tasks.base import EpochSampler, Stage, Task
+from vqbench.tasks.base import EpochSampler, Stage, Task, report_reconstruction
 
 QUICK = {"steps": 600, "batch_size": 256, "lr": 2e-3, "eval_interval": 200}
 PAPER = {"steps": 20000, "batch_size": 1024, "lr": 1e-3, "eval_interval": 1000, "warmup_steps": 500}
@@ -59,16 +67,18 @@ class VectorReconstructionTask(Task):
         self.hidden, self.depth = hidden, depth
         self.n_train, self.n_eval, self.data_seed = n_train, n_eval, data_seed
 
-    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover
+        """(train, eval, validation) points, drawn in that order from ``generator``."""
         raise NotImplementedError
 
     def setup(self, device: torch.device, seed: int) -> None:
         self.device = device
         g = torch.Generator().manual_seed(self.data_seed)
-        train, test = self.make_data(g)
+        train, test, validation = self.make_data(g)
         mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
         self.train_x = ((train - mean) / std).to(device)
         self.eval_x = ((test - mean) / std).to(device)
+        self.validation_x = ((validation - mean) / std).to(device)
         self.seed = seed
 
     def build_model(self, quantizer: nn.Module) -> Autoencoder:
@@ -87,27 +97,29 @@ class VectorReconstructionTask(Task):
         def loss(x: Tensor):
             x_hat, _, out = model(x)
             rec = F.mse_loss(x_hat, x)
+            report_reconstruction(quantizer, rec, self.data_dim)  # one token per vector
             logs = {"rec_loss": rec.detach(), "quant_loss": out.loss.detach()}
             logs.update({f"q/{k}": v for k, v in out.stats.items()})
             return rec + out.loss, logs
 
         @torch.no_grad()
-        def evaluate() -> Evaluation:
+        def evaluate_on(data: Tensor) -> Evaluation:
             usage = CodebookUsage(quantizer.codebook_size).to(self.device)
             sq_err, embeddings = 0.0, []
-            for start in range(0, self.n_eval, 4096):
-                x = self.eval_x[start:start + 4096]
+            for start in range(0, data.shape[0], 4096):
+                x = data[start:start + 4096]
                 x_hat, z, out = model(x)
                 sq_err += float((x_hat - x).pow(2).sum())
                 usage.update(out.indices)
                 embeddings.append(z)
             ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), torch.cat(embeddings),
-                                  reference=self.eval_x, seed=0)
-            ev.metrics["mse"] = sq_err / (self.n_eval * self.data_dim)
+                                  reference=data, seed=0)
+            ev.metrics["mse"] = sq_err / (data.shape[0] * self.data_dim)
+            ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K
             return ev
 
-        return [Stage("autoencoder", model, batch, loss, evaluate, quantizer=quantizer,
-                      items_per_batch=budget.batch_size)]
+        return [Stage("autoencoder", model, batch, loss, lambda: evaluate_on(self.eval_x), quantizer=quantizer,
+                      items_per_batch=budget.batch_size, validate=lambda: evaluate_on(self.validation_x))]
 
 
 @register_task("gmm", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
@@ -125,10 +137,12 @@ class GaussianMixtureTask(VectorReconstructionTask):
             raise ValueError("n_modes must be >= 1 and separation >= 0")
         self.n_modes, self.separation = n_modes, separation
 
-    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         train, centers = gaussian_mixture(self.n_train, self.n_modes, self.data_dim, self.separation, generator)
         test, _ = gaussian_mixture(self.n_eval, self.n_modes, self.data_dim, self.separation, generator, centers)
-        return train, test
+        validation, _ = gaussian_mixture(self.n_eval, self.n_modes, self.data_dim, self.separation, generator,
+                                         centers)
+        return train, test, validation
 
 
 @register_task("gmm-codebook", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
@@ -186,7 +200,8 @@ class ManifoldTask(VectorReconstructionTask):
             raise ValueError("intrinsic_dim must be >= 1")
         self.intrinsic_dim = intrinsic_dim
 
-    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         train, weights = random_manifold(self.n_train, self.intrinsic_dim, self.data_dim, generator)
         test, _ = random_manifold(self.n_eval, self.intrinsic_dim, self.data_dim, generator, weights)
-        return train, test
+        validation, _ = random_manifold(self.n_eval, self.intrinsic_dim, self.data_dim, generator, weights)
+        return train, test, validation

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vqbench.errors import UserError
 
 #: default width multipliers per resolution level; f16 gives (1, 1, 2, 2, 4) as the VQGAN f16 config

@@ -1,4 +1,8 @@
+import subprocess
+import sys
+
 import pytest
+
 from vqbench.commands.cli import main, parse_assignments
 from vqbench.errors import UserError
 from vqbench.store import ResultStore
@@ -23,7 +27,9 @@ def test_parse_assignments_scopes_and_types():
 def test_run_twice_runs_once(tmp_path, capsys):
     args = ["run", "--task", "gmm", "--method", "vq", "--results", str(tmp_path), *TINY]
     assert main(args) == 0
-    assert ": ok |" in capsys.readouterr().out
+    line = capsys.readouterr().out.strip()
+    # vqbench.store.format_run_summary: the task's main metric first, then the collapse metrics, then the wall time
+    assert ": ok | mse=" in line and ", utilization=" in line and ", perplexity=" in line and line.endswith("s)")
     assert main(args) == 0
     assert "already complete: skipped" in capsys.readouterr().out
     assert len(ResultStore(tmp_path).load_runs()) == 1
@@ -62,3 +68,23 @@ def test_list_methods_and_tasks(capsys):
 def test_results_on_empty_folder(tmp_path, capsys):
     assert main(["results", "--results", str(tmp_path)]) == 1
     assert "no runs" in capsys.readouterr().out
+
+
+def test_parser_imports_no_heavy_command_module():
+    """Building the parser for one command loads neither torch nor a heavy command's module (diagnose)."""
+    code = ("import sys; from vqbench.commands.cli import build_parser; "
+            "build_parser(['list', 'methods']).parse_args(['list', 'methods']); "
+            "print(sorted(m for m in ('torch', 'vqbench.commands.diagnose') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_diagnose_is_a_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["diagnose", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vqbench diagnose") and "--codebook" in out and "--plugin" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "diagnose" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Every registered method passes the one conformance kit (vqbench.testing)."""
 
 import pytest
+
 from vqbench.registry import METHODS
 from vqbench.testing import assert_quantizer_conforms, check_quantizer
 
@@ -19,7 +20,7 @@ def test_kit_catches_a_broken_quantizer(tmp_path):
     plugin.write_text('''
 import torch
 from vqbench.registry import register_method
-from vqbench.methods.base import QuantizeOutput, Quantizer
+from vqbench.quantizer import QuantizeOutput, Quantizer
 
 @register_method("test-broken-q", family="test", description="breaks the contract")
 class Broken(Quantizer):

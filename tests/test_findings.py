@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from vqbench.commands.findings import FINDINGS, draw_finding, finding_table
 from vqbench.runner import run
 from vqbench.spec import make_spec

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from vqbench.gen_metrics import cross_entropy_bits, emitted_codes, knn_radii, manifold_coverage, precision_recall
 from vqbench.tasks.prior import TokenPrior, sample_logits
 
@@ -216,21 +217,43 @@ def test_gen_tasks_are_registered_with_the_reconstruction_params():
     from vqbench.errors import UserError
     from vqbench.registry import TASKS
     from vqbench.spec import make_spec
+    from vqbench.tasks.generation import GEN_VERSION
 
     gen, recon = TASKS.get("gen-digits"), TASKS.get("digits")
     assert gen.kind == "generation" and gen.offline and gen.main_metric == "gfd_randcnn" and not gen.higher_is_better
-    assert gen.version == 1000 + recon.version and gen.budgets == recon.budgets
+    assert gen.version == 1000 * GEN_VERSION + recon.version and gen.budgets == recon.budgets
     assert {k: gen.defaults[k] for k in recon.defaults} == recon.defaults
     assert {"prior_dim", "prior_steps", "n_samples", "temperature", "top_k", "pr_k"} <= set(gen.defaults)
     for name, data in (("gen-cifar10", "cifar10"), ("gen-imagenet128", "imagenet128")):
         entry = TASKS.get(name)
-        assert entry.kind == "generation" and not entry.offline and entry.version == 1000 + TASKS.get(data).version
+        assert entry.kind == "generation" and not entry.offline
+        assert entry.version == 1000 * GEN_VERSION + TASKS.get(data).version
     with pytest.raises(UserError, match="prior_dim"):
         make_spec("gen-digits", "vq", {"prior_dimm": 8})
     spec = gen_spec()
     assert spec.task_params["codebook_size"] == 16 and spec.task_params["split_seed"] == 0  # fully resolved
     with pytest.raises(UserError, match="pr_k"):  # k-NN precision/recall needs more than k samples
         TASKS.create("gen-digits", n_samples=3, pr_k=3)
+
+
+def test_prior_vocabulary_is_the_methods_real_codebook_size():
+    """FSQ with levels [3, 3] has 9 codes on a 16-code task: the prior predicts 9 ids, samples only those, and the
+    emitted-code figures are over 9 (version 1 sized everything by the task's 16)."""
+    from vqbench.registry import TASKS, create_method
+    from vqbench.spec import Budget
+
+    task = TASKS.create("gen-digits", **{**TOY_DIGITS, **TOY_PRIOR})
+    task.setup(torch.device("cpu"), 0)
+    quantizer = create_method("fsq", dim=task.latent_dim, codebook_size=task.codebook_size, levels=[3, 3])
+    assert quantizer.codebook_size == 9 and task.codebook_size == 16
+    stages = task.stages(quantizer, Budget(steps=2, batch_size=16, eval_interval=2))
+    assert task.prior.vocab_size == 9 and task.prior.head.out_features == 9
+    samples = task.sample(64, torch.Generator().manual_seed(0))
+    assert samples.shape == (64, *task.token_grid) and int(samples.max()) < 9
+    ev = stages[1].evaluate()
+    assert ev.metrics["codebook_size"] == 9 and len(ev.arrays["emitted_histogram"]) == 9
+    used = sum(1 for c in ev.arrays["emitted_histogram"] if c > 0)
+    assert ev.metrics["emitted_code_frac"] == pytest.approx(used / 9)
 
 
 def test_reused_tokenizer_run_id_is_the_reconstruction_run_id():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import vqbench.image_metrics as im
 from PIL import Image
+
+import vqbench.image_metrics as im
 from vqbench.errors import UserError
 from vqbench.registry import create_method, create_task
 from vqbench.runner import run
@@ -419,15 +421,69 @@ def test_lpips_loss_needs_local_weights():
         task.setup(torch.device("cpu"), 0)
 
 
-def test_feature_bank_is_pixel_patches_at_token_positions():
+def test_feature_bank_comes_only_from_a_pretrained_extractor(tmp_path):
+    """No extractor, no bank (vq-lc then builds one from the task's encoder); a timm backbone with local weights
+    gives its features at the token grid."""
+    import timm
+
     task = create_task("digits", **TINY)
     task.setup(torch.device("cpu"), 0)
+    assert task.feature_bank() is None
+    torch.manual_seed(1)
+    weights = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)
+    task = create_task("digits", **dict(TINY, encoder="timm:test_resnet", encoder_weights=str(weights),
+                                        downsample=4, feature_bank_size=40))
+    task.setup(torch.device("cpu"), 0)
     bank = task.feature_bank()
-    assert bank.shape == (256, 1 * 2 * 2)
-    x = data.to_model(task.train_data.images)
-    patches = x.reshape(-1, 1, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(-1, 4)
-    assert all(bool((patches == row).all(dim=1).any()) for row in bank[:20])
-    assert torch.equal(task.feature_bank(), bank)
+    backbone = build_encoder("timm:test_resnet", 1, TINY["latent_dim"], 4, 8, None, 1, False, weights=str(weights))
+    assert bank.shape == (40, backbone.feature_channels) and torch.isfinite(bank).all()
+    assert torch.equal(task.feature_bank(), bank)  # a fixed set of images
+
+
+def test_vqlc_on_digits_builds_its_bank_from_the_warmed_up_encoder():
+    """Version 1 clustered 2x2 pixel patches (4 features: codebook rank <= 4 in a 16-dim latent space, and k-means
+    starting from repeated values gave ~190 distinct codes of 256). Now: K distinct codes of full rank."""
+    task = create_task("digits", **dict(TINY, latent_dim=16, codebook_size=64))
+    task.setup(torch.device("cpu"), 0)
+    assert task.feature_bank() is None
+    torch.manual_seed(0)
+    q = create_method("vq-lc", dim=16, codebook_size=64, bank_warmup_steps=4, bank_size=2048)
+    stage = task.stages(q, Budget(steps=6, batch_size=32, eval_interval=6))[0]
+    probe = copy.deepcopy(q).train()
+    z = torch.randn(2, 4, 4, 16, requires_grad=True)
+    out = probe(z)  # warm-up: z passes through (identity gradient), the autoencoder trains unquantized
+    assert torch.equal(out.z_q, z) and float(out.loss) == 0 and int(probe.init_source) == 0
+    opt = torch.optim.Adam([p for p in stage.model.parameters() if p.requires_grad], lr=2e-3)
+    for step in range(6):
+        loss, _ = stage.loss(stage.batch(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert int(q.init_source) == (4 if step >= 3 else 0)  # the 4th training forward initialises the codes
+        if step == 3:
+            assert int(q.bank_rows) == 2048 and q.bank.shape[0] == 0  # 4 x 512 distinct rows; freed after
+            codes = q.codebook().detach()
+            assert torch.unique(codes, dim=0).shape[0] == 64
+            assert int(torch.linalg.matrix_rank(codes)) > 4
+    ev = stage.evaluate()
+    assert ev.metrics["codebook_size"] == 64 and ev.metrics["utilization"] > 0
+    short = create_method("vq-lc", dim=16, codebook_size=64).train()
+    short.on_step(0, 40)  # a 40-step run warms up for 10 forwards, not the default 100
+    assert int(short.warmup_target) == 10
+
+
+def test_usage_metrics_are_over_the_methods_real_codebook_size():
+    """FSQ with levels [3, 3] has 9 codes on a 16-code task: utilization, perplexity and the histogram use 9."""
+    task = create_task("digits", **TINY)
+    task.setup(torch.device("cpu"), 0)
+    q = create_method("fsq", dim=task.latent_dim, codebook_size=task.codebook_size, levels=[3, 3])
+    stage = task.stages(q, Budget(steps=1, batch_size=16, eval_interval=1))[0]
+    stage.model.eval()
+    ev = stage.evaluate()
+    used = sum(1 for c in ev.arrays["usage_histogram"] if c > 0)
+    assert ev.metrics["codebook_size"] == 9 and len(ev.arrays["usage_histogram"]) == 9
+    assert ev.metrics["utilization"] == pytest.approx(used / 9)
 
 
 def test_quick_budgets_and_metadata():

@@ -23,9 +23,10 @@ from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
 import pytest
+from fixtures.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK
 from test_leaderboard_helpers import expected_configs, parse_page, store_table, suites, synthetic_site
+
 from vqbench.leaderboard.data import slug
-from vqbench.leaderboard.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK
 
 pytestmark = pytest.mark.browser
 

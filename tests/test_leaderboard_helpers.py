@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+
 from vqbench.store import ResultStore, final_metrics
 
 N_SYNTHETIC = 200
@@ -50,8 +51,9 @@ def synthetic_site(tmp_path_factory) -> tuple[Path, Path, float]:
     """(results, site, build seconds) for a 200-run synthetic store with hostile plugin strings and a
     finding; built once per test process."""
     if "site" not in _CACHE:
+        from fixtures.synthetic_store import HOSTILE, generate
+
         from vqbench.leaderboard.build import build_site
-        from vqbench.leaderboard.synthetic_store import HOSTILE, generate
 
         base = tmp_path_factory.mktemp("lb_synthetic")
         results, site = base / "results", base / "site"

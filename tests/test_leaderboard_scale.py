@@ -6,9 +6,10 @@ import resource
 import time
 
 import pytest
+from fixtures.synthetic_store import generate
 from test_leaderboard_helpers import crawl, read_tables
+
 from vqbench.leaderboard.build import build_site, timings
-from vqbench.leaderboard.synthetic_store import generate
 from vqbench.store import ResultStore
 
 N_RUNS = 10_000

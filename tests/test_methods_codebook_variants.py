@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import vqbench.methods.ibq as ibq_module
 from torch import nn
-from vqbench.methods.base import nearest_code
+
+import vqbench.methods.ibq as ibq_module
+from vqbench.errors import UserError
+from vqbench.methods.base import CodebookQuantizer, nearest_code
 from vqbench.methods.optvq import sinkhorn_assign
 from vqbench.methods.vqlc import FROM_BANK, FROM_BATCH_DATA, FROM_BATCH_KMEANS, kmeans
 from vqbench.registry import create_method
@@ -221,8 +223,9 @@ def test_affine_alternating_step_is_an_inner_sgd_step_on_the_codebook():
 
 
 # -- IBQ -------------------------------------------------------------------------------------------
-def _dense_ibq(z, codes, beta):
-    """The reference IndexPropagationQuantize, written densely (N x K)."""
+def _dense_ibq(z, codes, beta, entropy_weight=0.05, temperature=0.01):
+    """The reference IndexPropagationQuantize with the reference configs' entropy loss (use_entropy_loss: True,
+    entropy_loss_weight 0.05, entropy_temperature 0.01, compute_entropy_loss), written densely (N x K)."""
     logits = z @ codes.t()
     soft = torch.softmax(logits, dim=1)
     ind = soft.argmax(dim=1)
@@ -230,21 +233,28 @@ def _dense_ibq(z, codes, beta):
     one_hot = hard - soft.detach() + soft
     z_q, z_q2 = one_hot @ codes, hard @ codes
     loss = ((z_q - z) ** 2).mean() + ((z_q2.detach() - z) ** 2).mean() + beta * ((z_q2 - z.detach()) ** 2).mean()
-    return z_q, ind, loss
+    probs = torch.softmax(logits / temperature, dim=1)
+    sample_entropy = (-(probs * torch.log_softmax(logits / temperature + 1e-5, dim=1)).sum(1)).mean()
+    avg = probs.mean(0)
+    batch_entropy = -(avg * torch.log(avg + 1e-5)).sum()
+    return z_q, ind, loss + entropy_weight * (sample_entropy - batch_entropy)
 
 
-def test_ibq_matches_the_dense_reference_and_reaches_unused_codes(monkeypatch):
+@pytest.mark.parametrize("entropy_weight", [None, 0.0])  # None: the registered default (the reference configs')
+def test_ibq_matches_the_dense_reference_and_reaches_unused_codes(monkeypatch, entropy_weight):
     monkeypatch.setattr(ibq_module, "SEARCH_CHUNK_ELEMENTS", 3 * 40)  # force 3-row chunks
     torch.manual_seed(7)
     n, dim, k = 20, 5, 40
-    q = create_method("ibq", dim=dim, codebook_size=k)
+    q = create_method("ibq", dim=dim, codebook_size=k,
+                      **({} if entropy_weight is None else {"entropy_weight": entropy_weight}))
+    assert q.entropy_weight == (0.05 if entropy_weight is None else 0.0) and q.entropy_temperature == 0.01
     q.train()
     codes_ref = q.embedding.detach().clone().requires_grad_(True)
     z = torch.randn(n, dim)
     weight = torch.randn(n, dim)
     z_ours, z_ref = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
     out = q(z_ours)
-    z_q_ref, ind_ref, loss_ref = _dense_ibq(z_ref, codes_ref, 0.25)
+    z_q_ref, ind_ref, loss_ref = _dense_ibq(z_ref, codes_ref, 0.25, q.entropy_weight)
     assert torch.equal(out.indices, ind_ref)
     torch.testing.assert_close(out.z_q, z_q_ref)
     torch.testing.assert_close(out.loss, loss_ref)
@@ -333,7 +343,7 @@ def test_optvq_sinkhorn_marginals():
     torch.testing.assert_close(plan.sum(0), torch.full((k,), n / k), rtol=1e-3, atol=0.0)  # codes share equally
 
 
-def test_optvq_spreads_a_collapsed_batch_over_codes_in_training_only():
+def test_optvq_spreads_a_collapsed_batch_over_codes_in_training_and_eval_as_the_reference():
     torch.manual_seed(12)
     k = 16
     q = create_method("optvq", dim=2, codebook_size=k, use_proj=False, n_iters=50)
@@ -348,10 +358,12 @@ def test_optvq_spreads_a_collapsed_batch_over_codes_in_training_only():
     codes = q.embedding.detach()[out.indices]
     mse = float(((z - codes) ** 2).mean())
     assert float(out.loss.detach()) == pytest.approx(1.25 * mse, rel=1e-6)  # commitment 1 + beta 0.25 codebook
-    q.eval()
-    assert torch.equal(q(z).indices, nearest_code(z, q.codebook()))
-    q.eval_assign = "sinkhorn"
+    q.eval()  # the reference assigns by Sinkhorn in every mode: the registered default does too
+    assert q.eval_assign == "sinkhorn"
     assert torch.equal(q(z).indices, sinkhorn_assign(z, q.codebook(), q.epsilon, q.n_iters, q.guard))
+    assert q(z).indices.unique().numel() > k // 2
+    q.eval_assign = "nearest"  # the option: a batch-independent nearest-code tokenizer at eval
+    assert torch.equal(q(z).indices, nearest_code(z, q.codebook()))
 
 
 def test_optvq_data_init_sets_identity_projection():
@@ -399,7 +411,7 @@ def test_vqlc_codebook_from_feature_bank_kmeans():
 
 def test_vqlc_fallback_without_a_bank_is_first_batch_kmeans():
     torch.manual_seed(15)
-    q = create_method("vq-lc", dim=2, codebook_size=8)
+    q = create_method("vq-lc", dim=2, codebook_size=8, bank_warmup_steps=0)  # no warm-up bank: first batch
     z = torch.randn(128, 2)
     q.eval()
     q(z)
@@ -421,6 +433,43 @@ def test_kmeans_with_fewer_points_than_centres():
     x = torch.randn(5, 2)
     centres = kmeans(x, 9, iters=5)
     assert centres.shape == (9, 2) and torch.isfinite(centres).all()
+
+
+# -- the shared opening: CodebookQuantizer -----------------------------------------------------------
+CODEBOOK_METHODS = ["simvq", "cvq", "vq-affine", "ibq", "optvq"]
+
+
+@pytest.mark.parametrize("name", CODEBOOK_METHODS)
+def test_codebook_methods_share_one_opening_and_data_init(name):
+    """One base class owns forward's opening (dim check, flattening, first-batch data-relative init): eval does not
+    initialise, the first training batch does (once), and the codes are drawn around that batch."""
+    dim, k = 3, 24
+    torch.manual_seed(27)
+    q = create_method(name, dim=dim, codebook_size=k, init="data", init_scale=0.01, init_offset=0.0)
+    assert isinstance(q, CodebookQuantizer) and type(q).forward is CodebookQuantizer.forward
+    with pytest.raises(ValueError, match="last dim 3"):
+        q(torch.randn(4, dim + 1))
+    z = torch.randn(2, 40, dim) * 0.5 + torch.tensor([5.0, -3.0, 1.0])
+    q.eval()
+    q(z)
+    assert not bool(q.data_initialised)
+    q.train()
+    q(torch.zeros(0, dim))  # an empty batch initialises nothing
+    assert not bool(q.data_initialised)
+    out = q(z)
+    assert bool(q.data_initialised)
+    assert out.z_q.shape == z.shape and out.indices.shape == z.shape[:-1]
+    raw = q.raw_codes().detach().clone()
+    flat = z.reshape(-1, dim)
+    if name == "cvq":  # the same forward already pulled unused codes toward anchors (batch vectors)
+        assert (raw.mean(0) - flat.mean(0)).abs().max() < 0.5
+    else:
+        assert (raw.mean(0) - flat.mean(0)).abs().max() < 0.05 and (raw.std(0) < 0.05 * flat.std(0)).all()
+    q(z + 10.0)  # initialised once
+    if name != "cvq":  # (cvq pulls its codes toward anchors during training forwards)
+        assert torch.equal(q.raw_codes().detach(), raw)
+    with pytest.raises(UserError, match="init must be one of"):
+        create_method(name, dim=dim, codebook_size=k, init="kaiming")
 
 
 # -- through the runner ----------------------------------------------------------------------------

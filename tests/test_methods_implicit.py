@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import vqbench.methods.gumbel as gumbel_module
+
 import vqbench.methods.lfq as lfq_module
+import vqbench.methods.ops as ops_module
 from vqbench.methods.base import nearest_code
 from vqbench.methods.fsq import FSQuantizer, recommended_levels
 from vqbench.methods.gumbel import GumbelQuantizer, anneal
@@ -73,14 +74,31 @@ def test_fsq_paper_bound_by_hand():
 
 
 def test_fsq_recommended_levels():
-    table = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [8, 5, 5, 5], 4375: [7, 5, 5, 5, 5],
-             16384: [8, 8, 8, 6, 5], 65536: [8, 8, 8, 5, 5, 5], 2**20: [8, 8, 8, 5, 5, 5], 16: [4, 4], 32: [3, 3, 3]}
+    table = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5], 16384: [8, 8, 8, 6, 5],
+             65536: [8, 8, 8, 5, 5, 5],  # the paper's table at its sizes (4096 -> 4375 codes, as printed)
+             512: [8, 8, 8], 8192: [8, 8, 5, 5, 5], 2048: [7, 7, 7, 6], 100: [5, 5, 4], 16: [4, 4], 2: [2]}
     for k, levels in table.items():
         assert recommended_levels(k) == levels, k
     q = create_method("fsq", dim=16, codebook_size=256)
     assert q.levels == [8, 6, 5] and q.codebook_size == 240
-    assert create_method("fsq", dim=16, codebook_size=2**20).codebook() is not None  # 64000 codes
+    assert create_method("fsq", dim=16, codebook_size=512).codebook_size == 512  # version 1 gave 240
+    big = create_method("fsq", dim=16, codebook_size=2**20)
+    assert big.codebook_size == math.prod(recommended_levels(2**20)) and big.codebook() is None  # > 2**16 codes
     assert create_method("fsq", dim=8, codebook_size=0, levels=[8] * 6).codebook() is None  # 262144 > 2**16
+
+
+@pytest.mark.parametrize("k", [3, 9, 48, 200, 300, 700, 3000, 5000, 12345, 40000])
+def test_fsq_levels_outside_the_table_have_the_closest_product(k):
+    """Brute force over every level list in the allowed range: none has a product strictly closer to K."""
+    import itertools
+
+    levels = recommended_levels(k)
+    low = 5 if k >= 256 else 2
+    assert all(low <= lv <= 8 for lv in levels) and levels == sorted(levels, reverse=True)
+    gap = abs(math.prod(levels) - k)
+    for d in range(1, 10):
+        for other in itertools.combinations_with_replacement(range(low, 9), d):
+            assert abs(math.prod(other) - k) >= gap, (k, levels, other)
 
 
 def test_fsq_index_is_the_mixed_radix_position_in_codebook():
@@ -301,7 +319,8 @@ def test_gumbel_eval_is_argmax():
 
 # --- SQ-VAE ----------------------------------------------------------------------------------------------------
 def test_sqvae_variance_gradient_matches_the_analytic_derivative():
-    """Eval mode (deterministic argmin): loss = mean_n [sum_k p log p + log K + D_n / (2 v)], v = exp(s).
+    """Eval mode (deterministic argmin), no report from a task (scale 1 / dim):
+    loss = mean_n [sum_k p log p + log K + D_n / (2 v)] / dim, v = exp(s).
 
     Logits l_k = -d_k / (2 v), so dl/ds = -l, d(sum p log p)/dl_j = p_j (log p_j - sum p log p) and
     d(D / (2 v))/ds = -D / (2 v).
@@ -318,10 +337,11 @@ def test_sqvae_variance_gradient_matches_the_analytic_derivative():
     plogp = (p * p.log()).sum(-1, keepdim=True)
     dkl = (p * (p.log() - plogp) * (-logits)).sum(-1)
     dist_min = d.min(-1).values
-    expected_loss = (plogp.squeeze(-1) + math.log(16) + dist_min / (2 * v)).mean()
-    expected_grad = (dkl - dist_min / (2 * v)).mean()
+    expected_loss = (plogp.squeeze(-1) + math.log(16) + dist_min / (2 * v)).mean() / 4
+    expected_grad = (dkl - dist_min / (2 * v)).mean() / 4
     assert out.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
     assert q.log_var.grad.item() == pytest.approx(expected_grad.item(), rel=1e-4, abs=1e-6)
+    assert float(out.stats["latent_scale"]) == pytest.approx(0.25)
     torch.testing.assert_close(out.z_q, q.embedding[nearest_code(z, q.embedding)], rtol=0, atol=0)
 
 
@@ -330,6 +350,7 @@ def test_sqvae_training_loss_terms_and_variance_gradient():
     q = SQVAEQuantizer(4, 16, weight=0.5).train()
     q.on_step(1000, 2000)
     assert float(q.tau) == pytest.approx(math.exp(-1e-5 * 1000))
+    q.observe_reconstruction(torch.tensor(0.03), elements_per_token=12)  # the ARELBO scale 2 m / E
     z = torch.randn(30, 4, requires_grad=True)
     torch.manual_seed(5)
     out = q(z)
@@ -339,7 +360,9 @@ def test_sqvae_training_loss_terms_and_variance_gradient():
     distortion = (z.detach() - out.z_q.detach()).pow(2).sum(-1).mean() / (2 * v)
     torch.testing.assert_close(out.stats["kl_discrete"], kl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.stats["distortion"], distortion, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.loss.detach(), 0.5 * (kl + distortion), rtol=1e-4, atol=1e-5)
+    scale = 2 * 0.03 / 12
+    assert float(out.stats["latent_scale"]) == pytest.approx(scale)
+    torch.testing.assert_close(out.loss.detach(), 0.5 * scale * (kl + distortion), rtol=1e-4, atol=1e-7)
     out.loss.backward()
     analytic = q.log_var.grad.item()
     assert math.isfinite(analytic) and analytic != 0 and z.grad is not None
@@ -351,7 +374,50 @@ def test_sqvae_training_loss_terms_and_variance_gradient():
             torch.manual_seed(5)
             values.append(float(q(z).loss))
             q.log_var.sub_(sign * h)
-    assert analytic == pytest.approx((values[0] - values[1]) / (2 * h), rel=2e-2, abs=1e-3)
+    assert analytic == pytest.approx((values[0] - values[1]) / (2 * h), rel=2e-2, abs=1e-6)
+
+
+def test_sqvae_reconstruction_report_is_training_state():
+    q = SQVAEQuantizer(8, 16)
+    assert float(q.latent_scale()) == pytest.approx(1 / 8)  # nothing reported: 1 / dim
+    q.eval()
+    q.observe_reconstruction(0.5, 4)  # eval mode: ignored
+    assert float(q.latent_scale()) == pytest.approx(1 / 8)
+    q.train()
+    q.observe_reconstruction(torch.tensor(0.02), 4)
+    assert float(q.latent_scale()) == pytest.approx(0.01)
+    fresh = SQVAEQuantizer(8, 16)
+    fresh.load_state_dict(q.state_dict())  # a resumed run keeps the last report
+    assert float(fresh.latent_scale()) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="elements_per_token"):
+        q.observe_reconstruction(0.1, 0)
+
+
+def _variance_track(tmp_path, monkeypatch, report: bool) -> list[float]:
+    """q/variance over a short sqvae run on 2-d Gaussian-mixture embeddings whose 64 modes lie much closer than
+    sigma = 1: the soft assignment at sigma^2 = 1 blurs them, so the ELBO needs a smaller variance."""
+    from vqbench.runner import run
+    from vqbench.spec import make_spec
+    from vqbench.store import ResultStore
+
+    if not report:
+        monkeypatch.setattr("vqbench.tasks.synthetic.report_reconstruction", lambda *args: None)
+    spec = make_spec("gmm-codebook", "sqvae", {"data_dim": 2, "n_modes": 64, "codebook_size": 64, "separation": 8.0,
+                                               "n_train": 4096, "n_eval": 1024},
+                     budget={"steps": 300, "eval_interval": 300})
+    root = tmp_path / ("report" if report else "silent")
+    assert run(spec, root, progress=False).status == "ok"
+    df = ResultStore(root).load_metrics("gmm-codebook")
+    return df[(df.split == "train") & (df.metric == "q/variance")].sort_values("step").value.tolist()
+
+
+def test_sqvae_variance_self_anneals_when_the_task_reports_its_reconstruction(tmp_path, monkeypatch):
+    """With the task's reports (the reference's ARELBO balance) sigma^2 falls; weighted as in version 1 or with
+    no report at all (1 / dim) the latent terms dominate and it does not."""
+    annealed = _variance_track(tmp_path, monkeypatch, report=True)
+    assert annealed[-1] < 0.85 * annealed[0] and annealed[-1] < 0.85
+    silent = _variance_track(tmp_path, monkeypatch, report=False)
+    assert silent[-1] > 0.9
 
 
 # --- memory bound: chunked evaluation gives the same numbers ------------------------------------------------------
@@ -369,7 +435,7 @@ def test_chunked_soft_assignment_is_identical(monkeypatch, name, params):
         return out, z.grad, [p.grad for p in q.parameters()]
 
     whole = run()
-    monkeypatch.setattr(gumbel_module, "SEARCH_CHUNK_ELEMENTS", 7 * 64)  # 7 rows per chunk, checkpointed
+    monkeypatch.setattr(ops_module, "SEARCH_CHUNK_ELEMENTS", 7 * 64)  # 7 rows per chunk, checkpointed
     chunked = run()
     assert torch.equal(whole[0].indices, chunked[0].indices)
     torch.testing.assert_close(whole[0].z_q, chunked[0].z_q)

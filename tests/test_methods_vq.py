@@ -13,8 +13,15 @@ import torch.nn.functional as F
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch.vector_quantize_pytorch import orthogonal_loss_fn
 from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to as vqpt_rotate_to
-from vqbench.methods.base import blocked_argmin, data_relative_codes, nearest_code, search_block
-from vqbench.methods.ibq import max_inner_product
+
+from vqbench.errors import UserError
+from vqbench.methods.base import (
+    blocked_argmin,
+    data_relative_codes,
+    max_inner_product,
+    nearest_code,
+    search_block,
+)
 from vqbench.methods.vq import (
     VectorQuantizer,
     kmeans,
@@ -64,6 +71,21 @@ def test_blocked_search_breaks_ties_to_the_lowest_index_across_blocks():
     assert nearest_code(x[:0], codes).shape == (0,)
 
 
+@pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0])
+def test_nearest_code_is_exact_when_codes_and_inputs_share_a_large_mean(offset):
+    """||c||^2 - 2 x.c in float32 cancels catastrophically at a shared offset (offset 100, spread 0.01: ~0% of the
+    answers right); the search centres both sides on the codebook mean and agrees with float64."""
+    g = torch.Generator().manual_seed(26)
+    codes = offset + 0.01 * torch.randn(512, 32, generator=g)
+    x = offset + 0.01 * torch.randn(2000, 32, generator=g)
+    expected = naive_nearest(x, codes)
+    assert torch.equal(nearest_code(x, codes), expected)
+    assert torch.equal(nearest_code(x, codes, block=(64, 100)), expected)  # any block shape
+    uncentred = blocked_argmin(x, codes, codes.pow(2).sum(1), -2.0)
+    if offset >= 100:  # the test can fail: the plain expansion is wrong here
+        assert float((uncentred == expected).float().mean()) < 0.5
+
+
 def test_search_blocks_are_cache_sized_on_cpu_and_never_hold_n_by_k():
     rows, width = search_block(torch.device("cpu"), 16384, 2**20)
     assert rows * width <= 2**20 and width <= 2**20
@@ -104,8 +126,10 @@ def test_presets_are_registered_with_metadata_and_defaults():
               "vq-entropy": "2303.06424", "vq-deferred": "2603.17052"}
     for name, paper in papers.items():
         entry = METHODS.get(name)
-        # vq-ema 2: the EMA update runs in place (same equations, different float rounding than version 1)
-        assert entry.builder is VectorQuantizer and entry.version == (2 if name == "vq-ema" else 1)
+        # vq-ema 2: the EMA update runs in place (same equations, different float rounding than version 1);
+        # every preset +1 (issue 13): share-based restart, k-means from >= K distinct vectors, centred search
+        assert entry.builder is VectorQuantizer and entry.version == (3 if name == "vq-ema" else 2)
+        assert entry.differences, f"{name}: say how it differs from the reference"
         assert entry.paper == paper
         assert entry.family == "vq" and entry.description and entry.defaults["beta"] == 0.25
     assert METHODS.get("vq").defaults == {"beta": 0.25}
@@ -418,6 +442,47 @@ def test_kmeans_over_several_batches_uses_their_union():
     assert torch.allclose(q.embedding.detach(), expected)
 
 
+@pytest.mark.parametrize("seeding", ["kmeans++", "random"])
+def test_kmeans_init_waits_for_as_many_distinct_vectors_as_codes(seeding):
+    """K = 512 from batches of 256 rows: k-means of one batch would duplicate half the codes (at most 256 distinct);
+    the init buffers batches, quantizing with the provisional codebook meanwhile, until 512 distinct vectors."""
+    x = gmm_latents(2048, 8, modes=20, seed=23)
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 512, kmeans_init=True, kmeans_seeding=seeding)
+    provisional = q.embedding.detach().clone()
+    q.train()
+    out = q(x[:256])
+    assert not bool(q.kmeans_done) and torch.equal(q.embedding.detach(), provisional)
+    assert torch.equal(out.indices, naive_nearest(x[:256], provisional))  # quantized, by the provisional codes
+    q(x[:256])  # the same rows again: still 256 distinct vectors
+    assert not bool(q.kmeans_done)
+    q(x[256:512])
+    assert bool(q.kmeans_done) and q.latent_buffer.shape[0] == 0
+    assert torch.unique(q.embedding.detach(), dim=0).shape[0] == 512
+
+
+def test_kmeans_init_fails_clearly_when_the_task_cannot_supply_enough_vectors():
+    x = gmm_latents(64, 4, modes=4, seed=24)
+    q = VectorQuantizer(4, 128, kmeans_init=True, kmeans_max_batches=3)
+    q.train()
+    q(x)
+    q(x)
+    with pytest.raises(UserError, match="128 distinct latent vectors.*3 training batches gave 64.*kmeans_max_batches"):
+        q(x)
+
+
+def test_kmeans_init_from_one_large_enough_batch_is_unchanged():
+    """The first batch has >= K distinct rows: k-means on it at once, as before (same draws, same codes)."""
+    x = gmm_latents(300, 4, modes=10, seed=25)
+    torch.manual_seed(3)
+    q = VectorQuantizer(4, 16, kmeans_init=True)
+    q.train()
+    torch.manual_seed(4)
+    q(x)
+    torch.manual_seed(4)
+    assert torch.equal(q.embedding.detach(), kmeans(x, 16, iters=10))
+
+
 # -- dead-code restart ----------------------------------------------------------------------------------------
 def _collapsed(q: VectorQuantizer, x: torch.Tensor) -> None:
     codes = torch.full((q.codebook_size, q.code_dim), 100.0)
@@ -443,26 +508,80 @@ def test_restart_revives_dead_codes():
     assert float(out.stats["restarted"]) >= 0
 
 
-def test_restart_replaces_only_codes_below_threshold_with_noisy_batch_vectors():
+@pytest.mark.parametrize("ema", [False, True])
+def test_restart_replaces_only_codes_below_the_threshold_share_with_noisy_batch_vectors(ema):
     torch.manual_seed(13)
     x = torch.randn(64, 4)
-    q = VectorQuantizer(4, 8, restart=True, restart_threshold=0.5, restart_decay=0.9, restart_noise=0.01)
+    q = VectorQuantizer(4, 8, restart=True, restart_threshold=0.5, restart_decay=0.9, restart_noise=0.01, ema=ema)
     codes = torch.randn(8, 4)
     codes[[4, 5, 7]] += 50.0  # never used by this batch
     q._set_codebook(codes)
-    q.usage.copy_(torch.tensor([5.0, 5, 5, 5, 0.1, 0.1, 5, 0.5]))
+    q.usage.copy_(torch.tensor([5.0, 5, 5, 5, 0.1, 0.1, 5, 0.5]) / 26.7)  # shares
     before = q.embedding.detach().clone()
     idx = naive_nearest(x, before)
-    expected_usage = 0.9 * q.usage.clone() + 0.1 * torch.bincount(idx, minlength=8).float()
+    counts = torch.bincount(idx, minlength=8).float()
+    expected_usage = 0.9 * q.usage.clone() + 0.1 * counts / 64
+    expected_count = 0.99 + 0.01 * counts  # the EMA cluster sizes after this batch (start 1, ema_decay 0.99)
     q.train()
-    q(x)
-    dead = expected_usage < 0.5
+    out = q(x)
+    dead = expected_usage < 0.5 / 8  # below half the uniform share
     assert dead.tolist() == [False, False, False, False, True, True, False, True]
-    assert torch.equal(q.embedding.detach()[~dead], before[~dead])
+    assert float(out.stats["restarted"]) == 3
+    if not ema:
+        assert torch.equal(q.embedding.detach()[~dead], before[~dead])
     new = q.embedding.detach()[dead]
     assert torch.cdist(new, x).min(dim=1).values.max() < 0.1  # a batch vector + noise of std 0.01/sqrt(4)
-    assert torch.allclose(q.usage[dead], torch.full((int(dead.sum()),), 0.5))
-    assert torch.allclose(q.usage[~dead], expected_usage[~dead])
+    assert torch.cdist(new, x).argmin(dim=1).unique().numel() == 3  # three different batch vectors
+    torch.testing.assert_close(q.usage[dead], torch.full((3,), 1 / 8))  # restarted at the uniform share
+    torch.testing.assert_close(q.usage[~dead], expected_usage[~dead])
+    if ema:  # the cluster sizes of restarted codes: the mean cluster size, sums consistent with the new codes
+        torch.testing.assert_close(q.ema_count[dead], torch.full((3,), float(expected_count.mean())))
+        torch.testing.assert_close(q.ema_sum[dead], new * expected_count.mean())
+
+
+def _train_restart(q: VectorQuantizer, x: torch.Tensor, batch: int, steps: int, seed: int) -> list[float]:
+    """Adam on the codebook alone (the gmm-codebook setting: identity encoder); restarts per step."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(q.parameters(), lr=2e-3)
+    q.train()
+    restarts = []
+    for _ in range(steps):
+        xb = x[torch.randint(0, x.shape[0], (batch,), generator=g)]
+        out = q(xb)
+        loss = (xb - out.z_q).pow(2).mean() + out.loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        restarts.append(float(out.stats.get("restarted", 0.0)))
+    return restarts
+
+
+@pytest.mark.parametrize("batch", [32, 64, 256])  # N/K = 0.5, 1, 4
+def test_restart_rule_means_the_same_at_any_batch_size(batch):
+    """A healthy codebook is left alone at convergence whatever N/K (raw-count thresholds re-randomised about half
+    of it every step at N <= K); codes nobody uses are still revived."""
+    k = 64
+    x = gmm_latents(8192, 4, modes=16, seed=21, spread=2.0)
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, k, restart=True)
+    restarts = _train_restart(q, x, batch, 400, seed=1)
+    assert sum(restarts[:5]) >= k // 2  # the uninformed initial codes the first batches leave unused
+    late = sum(restarts[-100:]) / 100
+    assert late < 0.05 * k / 4, f"{late:.2f} restarts per step at convergence (N={batch}, K={k})"
+    q.eval()
+    assert q(x).indices.unique().numel() >= 0.9 * k
+
+
+def test_restart_revives_codes_of_a_restricted_init_at_small_batches():
+    x = gmm_latents(4096, 4, modes=16, seed=22, spread=2.0)
+    used = {}
+    for restart in (False, True):
+        torch.manual_seed(0)
+        q = VectorQuantizer(4, 64, restart=restart, init="data", init_scale=0.01, init_offset=3.0)
+        _train_restart(q, x, 32, 150, seed=2)  # N/K = 0.5
+        q.eval()
+        used[restart] = q(x).indices.unique().numel()
+    assert used[False] <= 4 and used[True] >= 56, used
 
 
 @pytest.mark.parametrize("ema", [False, True])
@@ -476,6 +595,7 @@ def test_state_updates_do_not_change_this_steps_gradients(ema):
         q = VectorQuantizer(4, 8, restart=restart, restart_threshold=0.5, ema=ema, entropy_weight=0.5)
         q._set_codebook(codes)
         if restart:
+            q.usage.fill_(1 / 8)
             q.usage[5:] = 0.0  # codes 5..7 are dead (though near the data): restarted during the forward
         zz = z.clone().requires_grad_(True)
         out = q(zz)

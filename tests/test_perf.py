@@ -13,8 +13,10 @@ import time
 import pandas as pd
 import pytest
 import torch
+
 from vqbench.commands import perf
-from vqbench.commands.perf import VQP, Cell
+from vqbench.commands.perf import VQP, Cell, PerfConfig, timing
+from vqbench.errors import UserError
 from vqbench.store import PERF_SCHEMA, load_perf
 
 GIB = 2**30
@@ -23,8 +25,9 @@ GIB = 2**30
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("perf")
-    perf_id = perf.run_perf(root, methods=["vq", "fsq", "no-such-method"], sizes=[64], dims=[4], n=32, repeats=1,
-                            device="cpu", isolate=False, log=None, min_time_s=0.0)
+    config = PerfConfig(results=root, methods=["vq", "fsq", "no-such-method"], sizes=[64], dims=[4], n=32, repeats=1,
+                        device="cpu", isolate=False, min_time_s=0.0)
+    perf_id = perf.run_perf(config, log=None)
     rows = load_perf(root)
     assert set(rows["perf_id"]) == {perf_id}
     return rows
@@ -75,7 +78,7 @@ def test_time_interleaved_alternates_the_calls(monkeypatch):
     def fake_step(cell, device):
         return (lambda: calls.append(cell.implementation)), cell.codebook_size
 
-    monkeypatch.setattr(perf, "_training_step", fake_step)
+    monkeypatch.setattr(timing, "training_step", fake_step)
     cells = [Cell("vqbench", "vq", 8, 4, 16, "forward_backward", repeats=3, warmup=2, min_time_s=0.0),
              Cell(VQP, "vq", 8, 4, 16, "forward_backward", repeats=3, warmup=1, min_time_s=0.0)]
     times = perf.time_interleaved(cells, torch.device("cpu"))
@@ -131,7 +134,7 @@ def test_cell_over_the_memory_cap_is_refused_without_trying(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a refused cell must not be run")
 
-    monkeypatch.setattr(perf, "_run_cell", boom)
+    monkeypatch.setattr(timing, "run_cell", boom)
 
     cell = Cell(VQP, "vq", 1048576, 256, 16384, "forward_backward")
     result = perf.measure_cell(cell, torch.device("cpu"), 20 * GIB)
@@ -157,7 +160,7 @@ def test_failures_become_status_rows(monkeypatch, message, status):
     def fail(cell, device):
         raise RuntimeError(message)
 
-    monkeypatch.setattr(perf, "_run_cell", fail)
+    monkeypatch.setattr(timing, "run_cell", fail)
     result = perf.measure_cell(Cell("vqbench", "vq", 16, 4, 8, "forward_backward"), torch.device("cpu"), GIB)
     assert result["status"] == status
     assert message[:40] in result["note"]
@@ -221,15 +224,62 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
 def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_times():
     calls = []
     call = lambda: (calls.append(1), time.sleep(0.001))
-    first, times = perf._timed(call, torch.device("cpu"), repeats=3, warmup=2, min_time_s=0.05)
+    first, times = timing.timed(call, torch.device("cpu"), repeats=3, warmup=2, min_time_s=0.05)
     assert len(first) == 2 and 3 < len(times) < perf.MAX_TIMED_CALLS and sum(times) >= 0.05
     assert len(calls) == len(first) + len(times)
-    _, times = perf._timed(lambda: time.sleep(0.01), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.0)
+    _, times = timing.timed(lambda: time.sleep(0.01), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.0)
     assert len(times) == 3
-    _, times = perf._timed(lambda: None, torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
+    _, times = timing.timed(lambda: None, torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
     assert len(times) == perf.MAX_TIMED_CALLS
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_applies_on_glibc():
     assert perf.keep_freed_memory()
+
+
+def test_vqp_adapters_build_the_documented_equivalents():
+    pytest.importorskip("vector_quantize_pytorch")
+    assert set(perf.VQP_ADAPTERS) == set(perf.MAIN_METHODS)
+    expected = {  # method -> (rotation_trick, learnable_codebook, ema_update, k-means init pending)
+        "vq": (False, True, False, False), "vq-ema": (False, False, True, False),
+        "vq-kmeans": (False, True, False, True), "vq-rotation": (True, True, False, False),
+    }
+    z = torch.randn(1, 16, 4)
+    for method in perf.MAIN_METHODS:
+        module, call, k = perf.build_vqp(method, 4, 64)
+        assert k == 64 and type(module).__name__ in perf.vqp_equivalent(method), method
+        if method in expected:
+            book = module._codebook
+            got = (module.rotation_trick, module.learnable_codebook, book.ema_update, not bool(book.initted))
+            assert got == expected[method], method
+        z_q, _ = call(z)
+        assert z_q.shape == z.shape, method
+    assert perf.build_vqp("bsq", 4, 64)[0].spherical and not perf.build_vqp("lfq", 4, 64)[0].spherical
+    with pytest.raises(perf.Unsupported, match="power-of-two"):
+        perf.build_vqp("lfq", 4, 100)
+    assert perf.vqp_equivalent("no-such-method") is None
+
+
+@pytest.mark.parametrize("field, value", [("n", 0), ("repeats", 0), ("warmup", -1), ("sizes", [64, 0]), ("dims", [])])
+def test_perf_config_refuses_bad_sizes(field, value):
+    with pytest.raises(UserError, match="must be positive"):
+        PerfConfig(**{field: value})
+
+
+def test_perf_command_bad_size_is_one_line(tmp_path, capsys):
+    assert perf.main(["--results", str(tmp_path), "--n", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --n, --repeats") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "perf").exists()
+
+
+def test_plan_cells_follow_the_config():
+    config = PerfConfig(methods=["vq", "fsq"], sizes=[64, 16], dims=[4], n=8, repeats=2, warmup=0, min_time_s=0.5)
+    cells = perf.plan_cells(config)
+    assert [c.codebook_size for c in cells] == [64] * 6 + [16] * 6  # in the given order, search cells first
+    assert [(c.implementation, c.measure) for c in cells[:2]] == [("vqbench", "nearest_code_search"),
+                                                                    ("torch.mm", "matmul")]
+    assert {(c.n, c.repeats, c.warmup, c.min_time_s) for c in cells} == {(8, 2, 0, 0.5)}
+    lean = PerfConfig(methods=["vq"], sizes=[64], dims=[4], compare=False, search=False)
+    assert [(c.implementation, c.method) for c in perf.plan_cells(lean)] == [("vqbench", "vq")]

@@ -1,10 +1,12 @@
 """A newcomer's path: scaffold a plugin, fill in a real quantizer, install, list, check, run, find its row."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
 from vqbench.commands.cli import main
 from vqbench.errors import UserError
 from vqbench.registry import METHODS, load_plugin
@@ -15,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.registry import register_method
-from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
+import vqbench
 
 
-@register_method("{name}", version=1, paper="2110.04627", family="vq", description="cosine VQ (e2e test)",
-                 beta=0.25)
-class CosineQuantizer(Quantizer):
+@vqbench.register_method("{name}", version=1, paper="2110.04627", family="vq", description="cosine VQ (e2e test)",
+                         beta=0.25)
+class CosineQuantizer(vqbench.Quantizer):
     def __init__(self, dim, codebook_size, beta=0.25):
         super().__init__()
         self.dim, self.codebook_size, self.beta = dim, codebook_size, beta
@@ -32,11 +33,23 @@ class CosineQuantizer(Quantizer):
 
     def forward(self, z):
         flat = F.normalize(z.reshape(-1, self.dim), dim=-1)
-        idx = nearest_code(flat, self.codebook())
+        idx = (flat.detach() @ self.codebook().detach().t()).argmax(dim=1)  # unit vectors: nearest = most similar
         codes = self.codebook()[idx]
         loss = F.mse_loss(codes, flat.detach()) + self.beta * F.mse_loss(flat, codes.detach())
-        return QuantizeOutput(straight_through(flat, codes).reshape(z.shape), idx.reshape(z.shape[:-1]), loss, {{}})
+        z_q = flat + (codes - flat).detach()
+        return vqbench.QuantizeOutput(z_q.reshape(z.shape), idx.reshape(z.shape[:-1]), loss, {{}})
 '''
+PUBLIC_API = {"vqbench", "vqbench.testing"}  # what a plugin (the scaffold's files) may import of vqbench
+
+
+def _vqbench_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {n for n in names if n == "vqbench" or n.startswith("vqbench.")}
 
 
 def pip(*args):
@@ -52,6 +65,13 @@ def test_scaffold_install_check_run_leaderboard(tmp_path, capsys):
     assert main(["new", "method", name, "--dir", str(root)]) == 0
     method_py = root / "vqbench_e2e_cosine_vq" / "method.py"
     assert "class E2eCosineVqQuantizer(Quantizer)" in method_py.read_text()
+    for path in root.rglob("*.py"):  # the scaffold uses only the flat public API, never vqbench's internals
+        assert _vqbench_imports(path) <= PUBLIC_API, path
+    assert _vqbench_imports(method_py) == {"vqbench"}
+    # the skeleton as written passes the conformance kit (a fresh process: nothing registered here)
+    as_is = subprocess.run([sys.executable, "-m", "vqbench.commands.cli", "check", "method", name, "--plugin",
+                            str(method_py)], capture_output=True, text=True, timeout=300)
+    assert as_is.returncode == 0 and "0 failed" in as_is.stdout, as_is.stdout + as_is.stderr
     method_py.write_text(FILLED_IN.format(name=name))
     installed = pip("install", "--no-deps", "--no-build-isolation", "-e", str(root))
     assert installed.returncode == 0, installed.stderr

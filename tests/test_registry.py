@@ -1,6 +1,7 @@
 import warnings
 
 import pytest
+
 from vqbench.errors import UserError
 from vqbench.registry import METHODS, TASKS, Entry, Registry, create_method, list_methods, load_plugin
 
@@ -25,7 +26,7 @@ def test_register_create_list_with_presets():
     entry = reg.get("toy")
     assert (entry.version, entry.paper, entry.family, entry.defaults) == (2, "1234.5678", "toy", {"scale": 1.0})
     assert entry.paper_url == "https://arxiv.org/abs/1234.5678"
-    assert reg.create("toy", dim=1).registry_entry is entry
+    assert reg.get("toy-big").defaults == {"scale": 10.0} and reg.get("toy-big").builder is Toy
 
 
 def test_unknown_name_suggests_close_matches():
@@ -114,3 +115,62 @@ def test_broken_entry_point_warns_once_and_others_load(monkeypatch):
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "no_such_module_abc" in messages[0]
     assert list(reg.plugin_errors) == ["vqbench:no_such_module_abc"]
+
+
+# An entry-point plugin that imports vqbench internals while it loads (as the scaffold template did), and whose
+# entry point sorts before vqbench's own. Run in a fresh interpreter: the built-ins must not be imported yet.
+_PLUGIN_MODULE = """
+from vqbench.methods.vq import VectorQuantizer
+from vqbench.registry import register_method
+from vqbench.tasks.base import Task  # imports every built-in task inside the plugin's import as well
+
+register_method("fake-plugin-vq", family="vq", description="a plugin preset", beta=0.5)(VectorQuantizer)
+"""
+
+_LOAD_WITH_FAKE_ENTRY_POINTS = """
+import importlib.metadata as md
+import json
+
+
+class FakeDist:
+    metadata = {"Name": "fake-plugin"}
+    version = "1.0"
+
+
+real = md.entry_points
+plugin = md.EntryPoint(name="aaa-fake", value="fake_plugin_module", group="vqbench.methods")._for(FakeDist())
+md.entry_points = lambda group: sorted([*real(group=group), plugin], key=lambda e: e.name) \\
+    if group == "vqbench.methods" else real(group=group)
+
+from vqbench.registry import METHODS, TASKS
+
+print(json.dumps({"vq": METHODS.get("vq").source, "fsq": METHODS.get("fsq").source,
+                  "gmm": TASKS.get("gmm").source, "fake-plugin-vq": METHODS.get("fake-plugin-vq").source}))
+"""
+
+
+def test_builtins_keep_their_source_when_a_plugin_imports_them_first(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fake_plugin_module.py").write_text(_PLUGIN_MODULE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _LOAD_WITH_FAKE_ENTRY_POINTS], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sources = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sources == {"vq": "vqbench", "fsq": "vqbench", "gmm": "vqbench", "fake-plugin-vq": "fake-plugin==1.0"}
+
+
+def test_source_of_a_registration_follows_the_registering_module(monkeypatch):
+    from vqbench import registry
+
+    monkeypatch.setattr(registry, "_module_sources", {"acme": "acme==2.0", "acme.sub": "acme-sub==1.0"})
+    with registry._registering_from("file:/x.py#sha256=0"):
+        assert registry.source_of("vqbench.methods.vq") == "vqbench"
+        assert registry.source_of("acme.methods") == "acme==2.0"
+        assert registry.source_of("acme.sub.deep") == "acme-sub==1.0"  # the longest owning module wins
+        assert registry.source_of("vqbench_plugin_0123456789") == "file:/x.py#sha256=0"
+    assert registry.source_of("some_module") == "vqbench"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from vqbench.registry import METHODS, TASKS
 from vqbench.spec import RunSpec, make_spec
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from vqbench.errors import UserError
 from vqbench.registry import load_plugin
 from vqbench.runner import run
@@ -43,7 +44,7 @@ def test_complete_run_is_not_run_again(tmp_path, tiny_spec):
     assert run(spec, tmp_path, progress=False, force=True).status == "ok"
 
 
-@pytest.mark.parametrize("stop_after", [5, 8, 13])
+@pytest.mark.parametrize("stop_after", [0, 5, 8, 13])
 def test_killed_then_resumed_run_matches_uninterrupted(tmp_path, tiny_spec, stop_after):
     spec = tiny_spec(method_params={"beta": 0.3})
     reference = run(spec, tmp_path / "ref", progress=False)
@@ -53,6 +54,7 @@ def test_killed_then_resumed_run_matches_uninterrupted(tmp_path, tiny_spec, stop
     assert not store.is_complete(spec.run_id) and store.checkpoint_path(spec.run_id).exists()
     resumed = run(spec, tmp_path / "resumed", progress=False)
     assert resumed.status == reference.status == "ok"
+    # (stop_after 0: the checkpoint holds the evaluation at step 0, which the resumed run must not repeat)
     pd.testing.assert_frame_equal(metrics_of(tmp_path / "ref", spec), metrics_of(tmp_path / "resumed", spec))
 
 
@@ -102,3 +104,104 @@ def test_steps_that_train_nothing_are_skipped_not_failed(tmp_path):
     result = run(spec, tmp_path, progress=False)
     assert result.status == "ok", result.error
     assert result.final["utilization"] > 0
+
+
+BANK_PLUGIN = """
+import torch
+from vqbench.methods.vq import VectorQuantizer
+from vqbench.registry import register_method, register_task
+from vqbench.tasks.synthetic import GaussianMixtureTask
+
+
+@register_method("test-bank-vq", family="test", description="records the feature bank it is handed",
+                 differences="none: a test method")
+class BankVQ(VectorQuantizer):
+    def __init__(self, dim: int, codebook_size: int) -> None:
+        super().__init__(dim, codebook_size)
+        self.register_buffer("bank_sum", torch.zeros(()))
+
+    def init_from_feature_bank(self, features: torch.Tensor) -> None:
+        self.bank_sum.fill_(float(features.sum()))
+
+
+@register_task("test-bank-gmm", kind="synthetic", main_metric="mse", higher_is_better=False,
+               description="gmm whose task offers a feature bank", n_modes=4, data_dim=8, latent_dim=4,
+               codebook_size=16, separation=2.0, hidden=16, depth=1, n_train=256, n_eval=128, data_seed=0)
+class BankGMM(GaussianMixtureTask):
+    def feature_bank(self) -> torch.Tensor:
+        return torch.arange(24.0).reshape(6, 4)  # sums to 276
+"""
+
+
+def test_declared_feature_bank_hook_and_method_differences_reach_the_run(tmp_path):
+    import torch
+
+    from vqbench.quantizer import uses_feature_bank
+    from vqbench.registry import METHODS, TASKS, create_method
+    from vqbench.spec import make_spec
+
+    assert uses_feature_bank(create_method("vq-lc", dim=4, codebook_size=8))
+    assert not uses_feature_bank(create_method("vq", dim=4, codebook_size=8))  # inherits the default: not handed one
+    plugin = tmp_path / "bank_plugin.py"
+    plugin.write_text(BANK_PLUGIN)
+    load_plugin(str(plugin))
+    try:
+        budget = {"steps": 2, "batch_size": 32, "eval_interval": 2}
+        store = ResultStore(tmp_path / "results")
+        for method, bank_sum in (("test-bank-vq", 276.0), ("vq", None)):
+            spec = make_spec("test-bank-gmm", method, {}, {}, budget=budget)
+            result = run(spec, store.root, progress=False)
+            assert result.status == "ok", result.error
+            assert result.main_metric == "mse"
+            models = torch.load(store.checkpoint_path(spec.run_id), weights_only=False)["models"]
+            assert models[0].get("quantizer.bank_sum") == (None if bank_sum is None else torch.tensor(bank_sum))
+        runs = store.load_runs().set_index("method")
+        assert runs.loc["test-bank-vq", "method_differences"] == "none: a test method"
+    finally:
+        METHODS.remove("test-bank-vq")
+        TASKS.remove("test-bank-gmm")
+
+
+def test_task_is_bound_to_its_spec_and_results_before_setup(tmp_path, tiny_spec, monkeypatch):
+    from vqbench.tasks.base import Task
+
+    seen = []
+    original = Task.bind
+
+    def spy(self, spec, results_root):
+        original(self, spec, results_root)
+        seen.append((self.run_spec, self.results_root, hasattr(self, "train_x")))
+
+    monkeypatch.setattr(Task, "bind", spy)
+    spec = tiny_spec()
+    assert run(spec, tmp_path, progress=False).status == "ok"
+    assert seen == [(spec, tmp_path, False)]  # bound once, before setup() generated the data
+
+
+def test_validation_split_is_measured_without_changing_training_or_eval(tmp_path, tiny_spec, monkeypatch):
+    """Validation rows sit at the eval steps; removing the validation pass leaves every other row identical."""
+    from vqbench.tasks.synthetic import GaussianMixtureTask
+
+    spec = tiny_spec("vq-restart")  # random restarts: any RNG draw by the validation pass would show
+    run(spec, tmp_path / "with")
+    with_rows = ResultStore(tmp_path / "with").load_metrics()
+    original = GaussianMixtureTask.stages
+
+    def without_validation(self, quantizer, budget):
+        stages = original(self, quantizer, budget)
+        for stage in stages:
+            stage.validate = None
+        return stages
+
+    monkeypatch.setattr(GaussianMixtureTask, "stages", without_validation)
+    run(spec, tmp_path / "without")
+    without_rows = ResultStore(tmp_path / "without").load_metrics()
+    key = ["split", "step", "metric"]
+    validation = with_rows[with_rows["split"] == "validation"]
+    evals = with_rows[with_rows["split"] == "eval"]
+    assert set(validation["step"]) == set(evals["step"]) and set(validation["metric"]) == set(evals["metric"])
+    rest = with_rows[with_rows["split"] != "validation"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rest[key + ["value"]], without_rows.sort_values(key).reset_index(drop=True)[
+        key + ["value"]])
+    assert (validation.set_index(["step", "metric"])["value"]
+            != evals.set_index(["step", "metric"])["value"]).any()  # another split, other numbers

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from sweep_helpers import starts, wait_for
 from sweep_helpers import sweep_file as _sweep_file
+
 from vqbench.registry import METHODS
 from vqbench.slurm import jobs
 from vqbench.slurm.launch import run_sweep, sweep_status
@@ -104,7 +105,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqbench.registry import register_method
-from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.methods.base import nearest_code
+from vqbench.quantizer import QuantizeOutput, Quantizer
 
 
 @register_method("{name}", version=1, family="plugin-test", description="file plugin for the Slurm tests")

@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+
 from vqbench.errors import UserError
 from vqbench.spec import Budget, RunSpec, make_spec
 
@@ -22,8 +23,8 @@ def test_explicit_default_equals_implicit_default():
     {"task_params": {"n_modes": 9}},
     {"method_params": {"beta": 0.3}},
     {"budget": {"steps": 7}},
-    {"task_version": 2},
-    {"method_version": 2},
+    {"task_version": "next"},
+    {"method_version": "next"},
 ])
 def test_any_change_changes_the_id(change):
     base = make_spec("gmm", "vq")
@@ -33,6 +34,8 @@ def test_any_change_changes_the_id(change):
             fields[key] = dataclasses.replace(base.budget, **value)
         elif key in ("task_params", "method_params"):
             fields[key] = {**getattr(base, key), **value}
+        elif value == "next":  # whatever version the registry has now, the next one
+            fields[key] = getattr(base, key) + 1
         else:
             fields[key] = value
     assert dataclasses.replace(base, **fields).run_id != base.run_id

@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
+
 from vqbench.store import ResultStore, atomic_write_table, final_metrics
 
 
@@ -94,3 +95,34 @@ def test_sweep_membership_adds_suites(tmp_path):
         data = load(tmp_path)
     runs = data.runs if hasattr(data, "runs") else data
     assert sorted(runs.loc[runs.run_id == "r1", "suites"].iloc[0]) == ["b", "x"]  # tag suite:x + membership b
+
+
+def test_a_store_written_before_a_column_existed_still_loads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vqbench.store import RUNS_SCHEMA
+
+    store = ResultStore(tmp_path)
+    old_schema = pa.schema([f for f in RUNS_SCHEMA if f.name != "method_differences"])
+    row = {name: record("old").get(name) for name in old_schema.names}
+    row["schema_version"] = 1
+    atomic_write_table(pa.Table.from_pylist([row], schema=old_schema), store.run_path("old"))
+    store.write_run({**record("new"), "method_differences": "no EMA warm-up"})
+    assert "method_differences" not in pq.read_schema(store.run_path("old")).names
+    runs = store.load_runs().set_index("run_id")
+    assert pd.isna(runs.loc["old", "method_differences"]) and runs.loc["old", "status"] == "ok"
+    assert runs.loc["new", "method_differences"] == "no EMA warm-up"
+    assert store.is_complete("old")
+
+
+def test_run_summary_shows_the_main_metric_then_the_collapse_metrics_it_has():
+    from vqbench.store import format_run_summary
+
+    final = {"psnr": 21.234567, "mse": 0.01, "utilization": 0.5, "dead_codes": 3.0}
+    line = format_run_summary("abc", "vq", "digits", 1, "ok", final=final, main_metric="psnr", wall_time_s=2.5)
+    assert line == "run abc (vq on digits, seed 1): ok | psnr=21.23, utilization=0.5 (2.5s)"
+    line = format_run_summary("abc", "vq", "gmm", 0, "diverged", error="loss became nan at step 3 of stage x",
+                              final={"mse": 2.0, "perplexity": 7.0}, main_metric="mse")
+    assert line == "run abc (vq on gmm, seed 0): diverged: loss became nan at step 3 of stage x | mse=2, perplexity=7"
+    assert format_run_summary("abc", "vq", "gmm", 0, "skipped") == "run abc (vq on gmm, seed 0): skipped"

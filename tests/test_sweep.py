@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from vqbench.errors import UserError
-from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.methods.base import nearest_code
+from vqbench.quantizer import QuantizeOutput, Quantizer
 from vqbench.registry import METHODS, TASKS
 from vqbench.slurm import jobs
 from vqbench.slurm.config import ConfigError
@@ -373,7 +375,7 @@ def test_debug_executor_runs_in_process_and_rerun_skips(tmp_path):
     assert all(rid in membership for rid in sweep.run_ids())
 
 
-def test_status_counts_failed_and_diverged_with_errors(tmp_path):
+def test_status_counts_failed_and_diverged_with_errors(tmp_path, monkeypatch):
     text = base_yaml(methods="[swt-a, swt-fail, swt-diverge]")
     results = tmp_path / "results"
     sweep = load_sweep(write(tmp_path, text))
@@ -385,8 +387,14 @@ def test_status_counts_failed_and_diverged_with_errors(tmp_path):
     assert failed.spec.method == "swt-fail" and "RuntimeError: toy failure" in failed.error
     (diverged,) = status.of("diverged")
     assert "loss became" in diverged.error
-    # a run the runner cannot even build writes no row: the worker's report makes it failed
+    # a run the runner cannot even build writes no row: the worker's report makes it failed. (The driver builds
+    # every method before submitting and would refuse this one: here it is a failure only the job's machine sees.)
     broken = load_sweep(write(tmp_path, base_yaml(methods="[swt-nobuild]"), "broken.yaml"))
+    with pytest.raises(ConfigError, match="toy refuses to build"):
+        run_sweep(broken, results, executor="debug", log=None)
+    import vqbench.slurm.launch
+
+    monkeypatch.setattr(vqbench.slurm.launch, "check_buildable", lambda sweep: None)
     outcome = run_sweep(broken, results, executor="debug", log=None)
     assert outcome.failed == 1 and "toy refuses to build" in outcome.results[0]["error"]
     (failed,) = sweep_status(broken, results).of("failed")
@@ -598,7 +606,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqbench.registry import register_method
-from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code
+from vqbench.methods.base import nearest_code
+from vqbench.quantizer import QuantizeOutput, Quantizer
 
 
 @register_method("{name}", version=1, family="plugin-test", description="file plugin for the sweep tests",
@@ -621,3 +630,51 @@ class PluginQuantizer(Quantizer):
     def decode_indices(self, indices):
         return self.embed[indices]
 '''
+
+
+@pytest.mark.parametrize(("method", "params", "refused"), [
+    ("fsq", "{levels: [[8, 8], [1, 5]]}", "levels=[1, 5] for task gmm (dim 16, codebook_size 16): "
+                                          "levels must be integers >= 2, got [1, 5]"),
+    ("cvq", "{decay: [0.9, 1.5]}", "decay=1.5 for task gmm (dim 16, codebook_size 16): decay must be in [0, 1)"),
+])
+def test_a_method_value_refused_at_build_fails_the_dry_run_before_submitting(tmp_path, method, params, refused):
+    text = textwrap.dedent(f"""\
+        name: t
+        tasks:
+          - name: gmm
+            params: {TINY_GMM}
+        methods:
+          - swt-a
+          - {{name: {method}, params: {params}}}
+        budget: {TINY_BUDGET}
+        executor: cpu-debug
+        """)
+    path = write(tmp_path, text)
+    sweep = load_sweep(path)  # parsing alone does not build methods
+    results = tmp_path / "results"
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError) as caught:
+            run_sweep(sweep, results, executor="debug", dry_run=dry_run, log=None)
+        message = str(caught.value)
+        assert message.startswith(f"{path}:7: methods[1].params: method {method} cannot be built with ")
+        assert refused in message and "\n" not in message
+    assert not (results / "jobs").exists() and not ResultStore(results).load_runs().shape[0]
+
+
+def test_a_task_value_refused_at_build_fails_before_submitting(tmp_path):
+    text = base_yaml().replace("n_modes: 4", "n_modes: 0")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.params: task gmm cannot be built with .*n_modes=0.*"
+                                          r"n_modes must be >= 1"):
+        run_sweep(load_sweep(path), tmp_path / "results", executor="debug", dry_run=True, log=None)
+
+
+def test_checking_a_sweep_leaves_the_random_state_alone(tmp_path):
+    from vqbench.slurm.sweep import check_buildable
+
+    sweep = load_sweep(write(tmp_path, base_yaml(methods="[swt-a, vq, fsq]")))
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    check_buildable(sweep)
+    assert torch.equal(torch.rand(3), expected)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from sweep_helpers import starts, sweep_file, wait_for
+
 from vqbench.runner import run
 from vqbench.slurm import jobs
 from vqbench.slurm.launch import run_sweep, sweep_status

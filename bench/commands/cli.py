@@ -78,13 +78,23 @@ def _print_result(result: Any, spec: Any) -> None:
         print(f"run {result.run_id} ({spec.method} on {spec.task}, seed {spec.seed}) is already complete: "
               "skipped (use --force to run it again)")
         return
-    line = f"run {result.run_id} ({spec.method} on {spec.task}, seed {spec.seed}): {result.status}"
-    if result.error:
-        line += f": {result.error}"
-    keys = [k for k in ("mse", "psnr", "utilization", "perplexity") if k in result.final]
-    if keys:
-        line += " | " + ", ".join(f"{k}={result.final[k]:.4g}" for k in keys)
-    print(line + f" ({result.wall_time_s:.1f}s)")
+    from vqbench.store import format_run_summary
+
+    print(format_run_summary(result.run_id, spec.method, spec.task, spec.seed, result.status, error=result.error,
+                             final=result.final, main_metric=result.main_metric or None,
+                             wall_time_s=result.wall_time_s))
+
+
+def _budget(task: str, name: str, overrides: dict[str, Any]) -> Any:
+    """The budget named ``name`` of ``task`` (just the name when nothing is overridden), with ``overrides``."""
+    if not overrides:
+        return name
+    from vqbench.spec import task_budget
+
+    try:
+        return task_budget(task, name).with_overrides(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad budget override: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -92,15 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vqbench.spec import make_spec
 
     task_params, method_params, budget_overrides = parse_assignments(args.set)
-    budget: Any = args.budget
-    if budget_overrides:
-        from vqbench.spec import task_budget
-
-        base = task_budget(args.task, args.budget)
-        try:
-            budget = base.with_overrides(**budget_overrides)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"bad budget override: {exc}") from None
+    budget = _budget(args.task, args.budget, budget_overrides)
     spec = make_spec(args.task, args.method, task_params, method_params, seed=args.seed, budget=budget)
     result = run(spec, args.results, force=args.force, device=args.device)
     _print_result(result, spec)
@@ -109,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     import pandas as pd
+
     from vqbench.store import ResultStore, final_metrics
 
     store = ResultStore(args.results)
@@ -118,7 +121,16 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 1
     if args.task:
         runs = runs[runs["task"] == args.task]
-    table = final_metrics(runs, store.load_metrics(args.task))
+    df = _results_table(final_metrics(runs, store.load_metrics(args.task)))
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+    return 0
+
+
+def _results_table(table: Any) -> Any:
+    """One printed row per run: its main metric as ``name=value``, the collapse metrics, the wall time."""
+    import pandas as pd
+
     rows = []
     for _, r in table.iterrows():
         main = r["main_metric"]
@@ -127,10 +139,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                      "status": r["status"], "main": f"{main}={value:.4g}" if pd.notna(value) else "",
                      "utilization": r.get("metric.utilization"), "perplexity": r.get("metric.perplexity"),
                      "wall_s": r["wall_time_s"]})
-    df = pd.DataFrame(rows).sort_values(["task", "method", "seed"])
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
-        print(df.to_string(index=False))
-    return 0
+    return pd.DataFrame(rows).sort_values(["task", "method", "seed"])
 
 
 def cmd_quick(args: argparse.Namespace) -> int:
@@ -182,6 +191,7 @@ SMOKE_BUDGET = {"steps": 8, "eval_interval": 4}
 def _narrow_quick(sweep: Any, args: argparse.Namespace) -> Any:
     """The quick suite restricted to some methods/tasks, or as a smoke test (suite ``quick-smoke``: 8 steps)."""
     import yaml
+
     from vqbench.slurm.sweep import parse_sweep
 
     data = yaml.safe_load(sweep.path.read_text())
@@ -224,19 +234,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
-                        help="load a method/task plugin (a .py file or an importable module); repeatable")
-    parser = argparse.ArgumentParser(prog="vqbench", description="Benchmark of anti-collapse vector quantizers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_list(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", parents=[common], help="list registered methods or tasks")
     p.add_argument("what", choices=["methods", "tasks"])
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'vq*'")
     p.add_argument("-v", "--verbose", action="store_true", help="also print default parameters")
     p.set_defaults(func=cmd_list)
 
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[common], help="train and evaluate one method on one task")
     p.add_argument("--task", required=True)
     p.add_argument("--method", required=True)
@@ -249,11 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run again even if this spec is complete")
     p.set_defaults(func=cmd_run)
 
+
+def _add_results(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("results", parents=[common], help="print the runs in a results folder")
     p.add_argument("--results", default="results")
     p.add_argument("--task", default=None)
     p.set_defaults(func=cmd_results)
 
+
+def _add_quick(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("quick", parents=[common],
                        help="run the quick suite locally on offline data, then build the leaderboard")
     p.add_argument("--results", default="results")
@@ -267,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="8 steps a run, as its own suite `quick-smoke`: checks that everything runs, in a minute")
     p.set_defaults(func=cmd_quick)
 
+
+def _add_check(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("check", parents=[common], help="run the Quantizer conformance kit on a method")
     p.add_argument("what", choices=["method"])
     p.add_argument("name")
@@ -275,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter override; repeatable")
     p.set_defaults(func=cmd_check)
 
+
+def _add_new(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("new", parents=[common], help="scaffold a plugin package for a new method")
     p.add_argument("what", choices=["method"])
     p.add_argument("name")
@@ -282,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="vq", help="method family shown on the leaderboard")
     p.set_defaults(func=cmd_new)
 
+
+def _add_reproduce(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("reproduce", parents=[common],
                        help="rerun a collapse finding of the seed paper (a sweep) and draw its figures")
     p.add_argument("name", choices=sorted(REPRODUCTIONS))
@@ -291,13 +307,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_reproduce)
 
+
+def _add_perf(sub: Any, common: argparse.ArgumentParser) -> None:
+    from vqbench.commands.perf.cli import add_perf_arguments, cmd_perf
+
     p = sub.add_parser("perf", parents=[common],
                        help="speed and memory of the quantizers vs vector-quantize-pytorch and torch.mm")
-    from vqbench.commands.perf import add_perf_arguments, cmd_perf
-
     add_perf_arguments(p)
     p.set_defaults(func=cmd_perf)
 
+
+def _add_diagnose(sub: Any, common: argparse.ArgumentParser, with_options: bool = True) -> None:
+    p = sub.add_parser("diagnose", parents=[common],
+                       help="does a trained VQ tokenizer suffer tokens or embeddings collapse? (report.html)")
+    if not with_options:  # its module imports torch: only the command asked for pays for it
+        return
+    from vqbench.commands.diagnose import add_arguments, main
+
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+COMMANDS = (_add_list, _add_run, _add_results, _add_quick, _add_check, _add_new, _add_reproduce, _add_perf)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``vqbench`` parser: this module's commands, then each area's (``AREA_CLIS``) where installed.
+
+    ``argv``, the command line about to be parsed, lets a command whose module is heavy (``diagnose``: torch) get
+    its options only when it is the command asked for; None: every command gets its options.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                        help="load a method/task plugin (a .py file or an importable module); repeatable")
+    parser = argparse.ArgumentParser(prog="vqbench", description="Benchmark of anti-collapse vector quantizers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub, common)
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    _add_diagnose(sub, common, with_options=command in (None, "diagnose"))
     for module_name in AREA_CLIS:
         try:
             module = importlib.import_module(module_name)
@@ -310,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """``vqbench COMMAND ...``: 0 on success, 1 when the command failed, 2 on a user error (one line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     warnings.filterwarnings("default", message="vqbench .* plugin")
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
 from vqbench.errors import UserError
 from vqbench.store import ResultStore, final_metrics
 

@@ -4,13 +4,14 @@
 
 writes, under the results folder ``DIR`` (``vqbench.store`` layout, readable with ``vqbench.store.load_perf(DIR)``):
 
-1. ``perf/<id>.parquet``: the ``vqbench perf`` table (:mod:`vqbench.commands.perf`) at GPU sizes, in this order so that a
-   spent time budget cuts the least important cells: ``vq`` and ``simvq`` at K = 65536, dim 256, N = 16384 next to
-   vector-quantize-pytorch; the nearest-code search vs ``torch.mm`` at every (K, dim); then every method at every
-   (K, dim), smallest K first. Every cell is measured in this one process (``torch.cuda.max_memory_allocated``),
-   a cell predicted above the memory cap (default 90% of the GPU) is recorded as ``out_of_memory`` without trying
-   and a real out-of-memory is caught and recorded the same way. ``vq-kmeans`` above K = 65536 is skipped with an
-   ``unsupported`` row when ``min(K, N)`` is above 65536: its k-means++ seeding takes ``min(K, N)`` sequential steps.
+1. ``perf/<id>.parquet``: the ``vqbench perf`` table (:mod:`vqbench.commands.perf`) at GPU sizes, in this order so
+   that a spent time budget cuts the least important cells: ``vq`` and ``simvq`` at K = 65536, dim 256, N = 16384
+   next to vector-quantize-pytorch; the nearest-code search vs ``torch.mm`` at every (K, dim); then every method at
+   every (K, dim), smallest K first. Every cell is measured in this one process
+   (``torch.cuda.max_memory_allocated``), a cell predicted above the memory cap (default 90% of the GPU) is recorded
+   as ``out_of_memory`` without trying and a real out-of-memory is caught and recorded the same way. ``vq-kmeans``
+   above K = 65536 is skipped with an ``unsupported`` row when ``min(K, N)`` is above 65536: its k-means++ seeding
+   takes ``min(K, N)`` sequential steps.
 2. ``perf/<id>-train.parquet``: ``measure="train_step"`` rows: the runner's training speed on every registered
    image reconstruction task (``kind="reconstruction"``) at its ``paper`` budget's batch size, for ``vq`` and
    ``simvq``. After one discarded warm-up run of A steps (first-call kernels, cuDNN plans, the memory pool), two
@@ -42,15 +43,18 @@ from vqbench.commands.perf import (
     SIZES,
     VQP,
     Cell,
-    device_label,
+    PerfConfig,
     format_row,
     int_list,
     new_perf_id,
+    perf_row,
     run_perf,
     str_list,
     summary_text,
     versions,
 )
+from vqbench.errors import UserError
+from vqbench.provenance import device_label
 
 KEY_METHODS = ("vq", "simvq")
 KEY_SIZE, KEY_DIM = 65536, 256
@@ -59,15 +63,15 @@ GPU_MIN_TIME_S = 0.25  # GPU cells are fast: a quarter second of timed calls eac
 KMEANS_SEEDING_MAX_K = 65536  # k-means++ seeding is min(K, N) sequential steps: above this it eats the budget
 
 
-def ordered_cells(methods: Sequence[str], sizes: Sequence[int], dims: Sequence[int], n: int, repeats: int,
-                  warmup: int) -> tuple[list[Cell], list[Cell]]:
+def ordered_cells(config: PerfConfig) -> tuple[list[Cell], list[Cell]]:
     """Key comparison first, then the search table, then the rest of the table (smallest K first)."""
-    key = [Cell(impl, m, KEY_SIZE, KEY_DIM, n, "forward_backward", repeats, warmup, GPU_MIN_TIME_S)
+    methods, sizes, dims = config.methods, config.sizes, config.dims
+    key = [config.cell(impl, m, KEY_SIZE, KEY_DIM, "forward_backward")
            for m in KEY_METHODS if m in methods and KEY_SIZE in sizes and KEY_DIM in dims for impl in ("vqbench", VQP)]
-    search = [Cell(impl, name, k, d, n, measure, repeats, warmup, GPU_MIN_TIME_S) for k in sizes for d in dims
+    search = [config.cell(impl, name, k, d, measure) for k in sizes for d in dims
               for impl, name, measure in (("vqbench", "nearest_code", "nearest_code_search"),
                                           ("torch.mm", "matmul", "matmul"))]
-    rest = [Cell(impl, m, k, d, n, "forward_backward", repeats, warmup, GPU_MIN_TIME_S) for k in sizes for d in dims
+    rest = [config.cell(impl, m, k, d, "forward_backward") for k in sizes for d in dims
             for m in methods for impl in ("vqbench", VQP)]
     rest = [c for c in rest if c not in key]
     return key + search, rest
@@ -92,6 +96,7 @@ def image_tasks(names: Sequence[str] | None) -> list[str]:
 def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> dict[str, Any]:
     """Marginal training speed of ``method`` on ``task`` at the task's paper batch size (see the module docstring)."""
     import torch
+
     from vqbench.errors import UserError
     from vqbench.registry import TASKS
     from vqbench.runner import run
@@ -140,7 +145,8 @@ def train_rate(task: str, method: str, steps: tuple[int, int], device: str) -> d
                     f"(marginal rate between {s1} and {s2} steps of the runner; eval excluded)"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m vqbench.commands.gpu_check``."""
     parser = argparse.ArgumentParser(prog="python -m vqbench.commands.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="results folder the rows are written to")
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the whole check")
@@ -158,12 +164,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-methods", type=str_list, default=list(IMAGE_METHODS))
     parser.add_argument("--image-steps", type=int_list, default=[20, 120],
                         help="the two run lengths whose difference gives the training speed")
+    return parser
+
+
+def training_rows(args: argparse.Namespace, device: str, perf_id: str, label: str, vers: str,
+                  deadline: float) -> list[dict[str, Any]]:
+    """One ``train_step`` row per (image task, method), written as ``perf/<perf_id>-train.parquet`` as they come."""
+    from vqbench.store import ResultStore
+
+    store = ResultStore(args.out)
+    rows: list[dict[str, Any]] = []
+    for task in image_tasks(args.tasks):
+        for method in args.image_methods:
+            if time.monotonic() > deadline:
+                print(f"time budget: training speed of {method} on {task} not measured")
+                continue
+            result = train_rate(task, method, tuple(args.image_steps), device)
+            row = {"perf_id": perf_id, "created_at": datetime.now(timezone.utc), "device": label,
+                   "implementation": "vqbench", "measure": "train_step", "time_ms": result.get("time_ms"),
+                   "peak_memory_mb": result.get("peak_memory_mb"), "gflops": None, "versions": vers,
+                   **{k: result[k] for k in ("method", "codebook_size", "dim", "n", "status", "note")}}
+            rows.append(row)
+            store.write_perf(f"{perf_id}-train", rows)
+            print(format_row(row))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check (see the module docstring); 0 when it ran, 2 when it cannot run here."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     command = "python -m vqbench.commands.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.monotonic()
-    deadline = start + args.budget_s
 
     import torch
+
     from vqbench.registry import METHODS, TASKS
     from vqbench.runner import select_device
     from vqbench.store import ResultStore
@@ -181,45 +216,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     cap_gib = args.memory_cap_gib
     if cap_gib is None:
         cap_gib = 0.9 * torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else 20.0
+    try:
+        config = PerfConfig(results=args.out, methods=args.methods, sizes=args.sizes, dims=args.dims, n=args.n,
+                            repeats=args.repeats, warmup=args.warmup, min_time_s=GPU_MIN_TIME_S, device=str(dev),
+                            memory_cap_gib=cap_gib, isolate=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    store = ResultStore(args.out)
     perf_id = new_perf_id()
     label, vers = device_label(dev), versions()
     print(f"gpu_check {perf_id} on {label}: memory cap {cap_gib:.1f} GiB, budget {args.budget_s:.0f} s")
 
-    first, rest = ordered_cells(args.methods, args.sizes, args.dims, args.n, args.repeats, args.warmup)
+    first, rest = ordered_cells(config)
     rows: list[dict[str, Any]] = []
-    common = dict(device=str(dev), memory_cap_gib=cap_gib, isolate=False, perf_id=perf_id, rows=rows)
-    run_perf(args.out, cells=first, deadline=start + 0.45 * args.budget_s, **common)
-
-    train_rows: list[dict[str, Any]] = []
-    for task in image_tasks(args.tasks):
-        for method in args.image_methods:
-            if time.monotonic() > start + 0.7 * args.budget_s:
-                print(f"time budget: training speed of {method} on {task} not measured")
-                continue
-            result = train_rate(task, method, tuple(args.image_steps), str(dev))
-            row = {"perf_id": perf_id, "created_at": datetime.now(timezone.utc), "device": label,
-                   "implementation": "vqbench", "measure": "train_step", "time_ms": result.get("time_ms"),
-                   "peak_memory_mb": result.get("peak_memory_mb"), "gflops": None, "versions": vers,
-                   **{k: result[k] for k in ("method", "codebook_size", "dim", "n", "status", "note")}}
-            train_rows.append(row)
-            store.write_perf(f"{perf_id}-train", train_rows)
-            print(format_row(row))
-
-    to_run = []
-    for cell in rest:
-        reason = skipped(cell)
-        if reason is None:
-            to_run.append(cell)
-            continue
-        rows.append({"perf_id": perf_id, "created_at": datetime.now(timezone.utc), "device": label,
-                     "implementation": cell.implementation, "method": cell.method,
-                     "codebook_size": cell.codebook_size, "dim": cell.dim, "n": cell.n, "measure": cell.measure,
-                     "time_ms": None, "peak_memory_mb": None, "gflops": None, "status": "unsupported",
-                     "note": reason, "versions": vers})
-    run_perf(args.out, cells=to_run, deadline=deadline, **common)
-    store.write_perf(perf_id, rows)
+    run_perf(config, first, deadline=start + 0.45 * args.budget_s, perf_id=perf_id, rows=rows)
+    train_rows = training_rows(args, str(dev), perf_id, label, vers, start + 0.7 * args.budget_s)
+    to_run = [cell for cell in rest if skipped(cell) is None]
+    rows += [perf_row(perf_id, label, vers, cell, {"status": "unsupported", "note": skipped(cell)})
+             for cell in rest if skipped(cell) is not None]
+    run_perf(config, to_run, deadline=start + args.budget_s, perf_id=perf_id, rows=rows)
+    ResultStore(args.out).write_perf(perf_id, rows)
 
     import pandas as pd
 

@@ -35,7 +35,8 @@ METHOD = '''"""{name}: <one line saying what the method does against collapse>.
     loss = ||sg[z] - c_k*||^2 + beta ||z - sg[c_k*]||^2
 
 The skeleton below is plain VQ-VAE (arXiv:1711.00937) so that it runs and passes the conformance
-kit as it is: change the marked places to your method's math, keep the shapes.
+kit as it is: change the marked places to your method's math, keep the shapes. It uses only
+vqbench's public API (``register_method``, ``Quantizer``, ``QuantizeOutput``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from vqbench.registry import register_method
-from vqbench.methods.base import QuantizeOutput, Quantizer, nearest_code, straight_through
+from vqbench import QuantizeOutput, Quantizer, register_method
 
 
 @register_method("{name}", version=1, paper=None, family="{family}",
@@ -67,17 +66,27 @@ class {cls}(Quantizer):
         # the search and the losses in float32: on a GPU the runner trains under bf16 autocast
         with torch.autocast(z.device.type, enabled=False):
             flat = z.reshape(-1, self.dim).float()
-            # YOUR METHOD: the assignment rule (nearest_code never builds the full N x K distance matrix)
+            # YOUR METHOD: the assignment rule
             indices = nearest_code(flat, self.codebook())
             codes = self.codebook()[indices]
             # YOUR METHOD: the auxiliary loss, already weighted
             loss = F.mse_loss(codes, flat.detach()) + self.beta * F.mse_loss(flat, codes.detach())
-            # YOUR METHOD: the gradient path from z_q to z (straight-through here)
-            z_q = straight_through(flat, codes).reshape(z.shape).to(z.dtype)
+            # YOUR METHOD: the gradient path from z_q to z (straight-through here: value codes, gradient identity)
+            z_q = (flat + (codes - flat).detach()).reshape(z.shape).to(z.dtype)
         return QuantizeOutput(z_q, indices.reshape(z.shape[:-1]), loss, {{}})
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called before each optimizer step: schedules, restarts, deferred switches go here."""
+
+
+@torch.no_grad()
+def nearest_code(x: Tensor, codes: Tensor, rows: int = 4096) -> Tensor:
+    """Index of the nearest code (squared L2) for each row of ``x`` (N, dim), ``rows`` rows at a time.
+
+    ``argmin_k ||x - c_k||^2 = argmin_k (||c_k||^2 - 2 x.c_k)``: memory ``rows x K``, never the full N x K matrix.
+    """
+    norms = codes.pow(2).sum(dim=1)
+    return torch.cat([(norms - 2 * block @ codes.t()).argmin(dim=1) for block in x.split(rows)])
 '''
 
 TEST = '''from vqbench.testing import assert_quantizer_conforms

@@ -1,6 +1,7 @@
 """A test plugin: a VQ whose loss turns NaN once it has seen ``nan_after`` training batches."""
 
 import torch
+
 from vqbench.methods.vq import VectorQuantizer
 from vqbench.registry import register_method
 

@@ -1,0 +1,123 @@
+"""``tasks/<task>.html``: every config of one task with mean +/- 95% CI over seeds, and a Pareto plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from vqbench.leaderboard import svg
+from vqbench.leaderboard.context import SiteContext
+from vqbench.leaderboard.data import COLLAPSE_METRICS, metric_direction, natural_key
+from vqbench.leaderboard.html import STATUS_ORDER, direction_arrow, escape, filter_bar, stat_cell, status_badges
+from vqbench.leaderboard.page_tuning import tuning_sections
+from vqbench.leaderboard.tracks import TRACK_TRIAL
+
+ROOT = "../"
+
+
+def write_task_page(site: SiteContext, name: str) -> None:
+    """Write ``tasks/<slug>.html`` for task ``name``."""
+    data = site.data
+    task = data.tasks[name]
+    configs = data.configs[(data.configs["task"] == name) & (data.configs["track"] != TRACK_TRIAL)]
+    keys = list(configs.index)
+    metrics = task.metrics
+    means = data.mean.reindex(index=keys, columns=metrics).to_numpy(dtype=float)
+    cis = data.ci.reindex(index=keys, columns=metrics).to_numpy(dtype=float)
+    seed_counts = data.n.reindex(index=keys, columns=metrics).fillna(0).to_numpy(dtype=int)
+    multi_variant = len(task.variants) > 1
+    # default order: best main metric first, missing last
+    main_index = metrics.index(task.main_metric) if task.main_metric in metrics else None
+    if main_index is not None:
+        values = means[:, main_index]
+        order = np.argsort(np.where(np.isfinite(values), values if not task.higher_is_better else -values, np.inf),
+                           kind="stable")
+    else:
+        order = np.arange(len(keys))
+    head = ["<th>Method</th><th>Family</th><th>Params</th>"]
+    if multi_variant:
+        head.append("<th>Task variant</th>")
+    head.append('<th>Suites</th><th class="num" data-type="num" title="ok seeds / runs">Seeds</th>')
+    for j, metric in enumerate(metrics):
+        group = "main metric" if j == main_index else ("collapse" if metric in COLLAPSE_METRICS else "quality")
+        higher = task.higher_is_better if j == main_index else metric_direction(metric)
+        css = "num main" if j == main_index else "num"
+        head.append(f'<th class="{css}" data-type="num" title="{escape(group)}">{escape(metric)} '
+                    f'{direction_arrow(higher)}<br><small>{escape(group)}</small></th>')
+    head.append('<th class="nosort">Runs (seeds)</th>')
+    rows, records, points = [], [], []
+    for i in order:
+        key = keys[i]
+        config = site.config_rows[key]
+        counts = {status: int(config[f"n_{status}"]) for status in STATUS_ORDER}
+        family = site.family_of(config["method"], str(config["method_family"]))
+        params_label = site.params_labels[key]
+        variant_label = site.variant_labels.get(config["variant_key"], "")
+        suites = ", ".join(config["suites"])
+        cells = [stat_cell(means[i, j], cis[i, j], int(seed_counts[i, j]), show_n=False, n_expected=counts["ok"])
+                 for j in range(len(metrics))]
+        n_ok, n_runs = counts["ok"], int(config["n_runs"])
+        seeds = (f'<td class="num" data-v="{n_ok}" title="{n_ok} ok of {n_runs} runs">{n_ok}/{n_runs}'
+                 f'{status_badges(counts)}</td>')
+        rows.append(f'<tr id="{escape(config["row_id"])}" data-family="{escape(family)}">'
+                    f'<td>{site.links.method(config["method"], ROOT)}</td><td>{escape(family)}</td>'
+                    f'<td class="params">{escape(params_label)}</td>'
+                    + (f'<td class="params">{escape(variant_label)}</td>' if multi_variant else "")
+                    + f'<td>{escape(suites)}</td>{seeds}{"".join(cells)}{site.run_links(key, ROOT)}</tr>')
+        record = {"task": name, "method": config["method"], "family": family,
+                  "method_params": config["method_params"], "params_label": params_label,
+                  "task_params": config["task_params"], "budget": config["budget"], "variant_label": variant_label,
+                  "suites": suites, "n_ok": n_ok, "n_runs": n_runs,
+                  **{f"n_{status}": counts[status] for status in ("diverged", "failed", "timeout")}}
+        for j, metric in enumerate(metrics):
+            record[f"{metric} mean"], record[f"{metric} ci95"] = means[i, j], cis[i, j]
+            record[f"{metric} n"] = int(seed_counts[i, j])
+        records.append(record)
+        if "utilization" in metrics and main_index is not None:
+            variant_note = "; " + variant_label if variant_label else ""
+            points.append({"x": means[i, metrics.index("utilization")], "y": means[i, main_index],
+                           "label": f'{config["method"]} ({params_label}{variant_note})',
+                           "family": family, "href": f'#{config["row_id"]}', "row": config["row_id"]})
+    table_id = "task-table"
+    families = sorted({site.family_of(method) for method in configs["method"]})
+    download = site.tables.add(f"task-{task.slug}", f"Task {name}", f"tasks/{task.slug}.html", pd.DataFrame(records),
+                               ROOT)
+    parts = [f'<h1>Task: {escape(name)}</h1>', f'<p class="lead">{escape(task.description)}</p>',
+             '<dl class="meta">'
+             f'<dt>Kind</dt><dd>{escape(task.kind)}</dd>'
+             f'<dt>Main metric</dt><dd>{escape(task.main_metric)} ({"higher" if task.higher_is_better else "lower"}'
+             ' is better)</dd>'
+             f'<dt>Source</dt><dd>{escape(task.source)}</dd>'
+             f'<dt>Runs</dt><dd>{task.n_runs} in {len(keys)} configurations, {len(task.variants)} variant(s)</dd>'
+             '</dl>']
+    if multi_variant:
+        parts.append(_variants_table(site, task.variants))
+    if points:
+        parts.append('<h2>Codebook utilization vs main metric</h2><p class="note">One point per row of the table '
+                     'below (mean over ok seeds); colour = method family; outlined points are on the Pareto '
+                     'front (no other row has both higher utilization and a better main metric). The y axis is '
+                     'oriented so that better is up. Click a point to jump to its row.</p>')
+        parts.append(svg.pareto_chart(points, "utilization", task.main_metric, task.higher_is_better,
+                                      families, f"{name}: utilization vs {task.main_metric}"))
+    parts.append('<h2>All configurations</h2><p class="note">Each cell: mean over the ok seeds '
+                 '<span class="ci">\u00b1 95% CI half-width</span> (n shown where fewer seeds than the row\'s have '
+                 'a value). Final values are taken at each run\'s last eval step. Click a header to sort; filter '
+                 'by family or search any text.</p>')
+    parts.append(filter_bar(table_id, families))
+    parts.append(f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{"".join(head)}</tr>'
+                 f'</thead><tbody>{"".join(rows)}</tbody></table></div>{download}')
+    parts.append(tuning_sections(site, name))
+    site.write(f"tasks/{task.slug}.html", site.page(f"Task {name}", "".join(parts), ROOT))
+
+
+def _variants_table(site: SiteContext, variant_keys: list[str]) -> str:
+    """The folded table of a task's variants: label, task params and budget of each."""
+    rows = "".join(f'<tr><td>{escape(site.variant_labels.get(key, ""))}</td>'
+                   f'<td><code>{escape(json.loads(key)[2])}</code></td><td><code>{escape(json.loads(key)[3])}</code>'
+                   f'</td></tr>' for key in sorted(variant_keys, key=lambda v: natural_key(
+                       site.variant_labels.get(v, ""))))
+    return ('<details><summary>Task variants (parameters and budgets)</summary><div class="scroll">'
+            '<table><thead><tr><th>Variant</th><th>Task params</th><th>Budget</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table></div></details>')
