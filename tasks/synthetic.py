@@ -9,8 +9,8 @@ so train and eval are those of the first version; tuning selects on it).
 
 After each training loss the batch's reconstruction MSE and the data elements per token (``data_dim``: one token
 per vector) go to a quantizer that listens (:func:`vqbench.tasks.base.report_reconstruction`; SQ-VAE weighs its
-latent terms by them). Usage metrics are over the method's real codebook size ``quantizer.codebook_size`` (FSQ and LFQ may have
-other than the task's ``codebook_size``), reported as the metric ``codebook_size``.
+latent terms by them). Usage metrics are over the method's real codebook size ``quantizer.codebook_size`` (FSQ and
+LFQ may have other than the task's ``codebook_size``), reported as the metric ``codebook_size``.
 """
 
 from __future__ import annotations
