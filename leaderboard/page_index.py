@@ -216,9 +216,8 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
             extra = status_badges(counts)
             if tuned and key is not None:
                 selected = _selected_text(site, key)
-                extra += (f'<br><small class="params" title="selected parameters">{escape(selected)}</small> '
-                          f'<small><a href="{url(_trials_href(site, suite, column.task, row.method))}">trials</a>'
-                          '</small>')
+                extra += (f'<small class="chosen" title="selected parameters">{escape(selected)} '
+                          f'<a href="{url(_trials_href(site, suite, column.task, row.method))}">trials</a></small>')
                 record[f"{column_name} selected"] = selected
             cells.append(stat_cell(cell_mean, cell_ci, cell_n, href=href, extra=extra))
             record.update({f"{column_name} mean": cell_mean, f"{column_name} ci95": cell_ci,

@@ -81,7 +81,7 @@ def _section(site: SiteContext, task_name: str, tuning: Tuning) -> str:
                         f'<td>{mark}</td><td class="runs"><a href="{run}">{escape(row.run_id)}</a></td></tr>')
         blocks.append(f'<tbody id="{escape(trials_anchor(tuning.name, method))}">{"".join(rows)}</tbody>')
     chart = svg.strip_chart(strips, f"validation {metric}", task.higher_is_better,
-                            f"{task_name}: validation {metric} over each method's trials ({tuning.name})")
+                            f"{task_name}: validation {metric} of every trial ({tuning.name})")
     table_id = f"trials-{slug(tuning.name)}"
     records = trials.assign(tuning=tuning.name, validation_metric=metric)
     download = site.tables.add(f"trials-{slug(tuning.name)}-{task.slug}", f"Trials of {tuning.name} on {task_name}",

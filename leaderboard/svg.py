@@ -309,12 +309,12 @@ def strip_chart(strips: Sequence[Strip], ylabel: str, higher_is_better: bool, ti
     y axis is oriented so that *better is up* whichever the metric's direction; the axis label says so.
     Points of one category are spread sideways by a fixed pattern (no randomness: same data, same SVG).
     """
-    slot, bottom = 44, 92
+    slot, bottom = 52, 72
     width = max(W, ML + MR + slot * max(len(strips), 1) + 8)
     values = [v for s in strips for v, _ in s.points if math.isfinite(v)]
-    arrow = "higher is better" if higher_is_better else "lower is better; axis reversed so better is up"
+    arrow = "higher is better" if higher_is_better else "lower is better: axis reversed"
     frame = _Frame((0.0, float(max(len(strips), 1))), _range(values, 0.06), flip_y=not higher_is_better,
-                   width=width, height=260 + bottom - MB, bottom=bottom)
+                   width=width, height=310, bottom=bottom)
     body = frame.axes(title, "", f"{ylabel} ({arrow})", x_ticks=False)
     if not values:
         frame.empty(body, "no trial has a validation value")

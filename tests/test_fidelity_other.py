@@ -43,16 +43,18 @@ ROWS = [
     Row("optvq", "zbr17/OptVQ src/optvq/models/quantizer.py@b71895cc931bd898b2fb5ff968d9340a4946e882 "
         "(tests/fidelity/optvq_ref.py)", STEP_COMPARISON + " (training-mode Sinkhorn assignment, one head)",
         Tolerance(1e-5, 1e-5),
-        "eval: ours assigns the nearest code (eval_assign='nearest'), the reference runs Sinkhorn in eval too; "
-        "the reference's ImageNet configs use num_head 4/8, compared here with one head",
+        "eval: Sinkhorn as the reference (version 2; eval_assign='nearest' keeps the nearest code); "
+        "the reference's ImageNet configs use num_head 4/8 and an offline k-means init, neither implemented: "
+        "compared here with one head",
         "test_fidelity_other.py::test_optvq_follows_vector_quantizer_sinkhorn"),
     Row("sqvae", "sony/sqvae vision/quantizer.py, model.py, trainer_base.py@dc88ab1a48f7596b3650e19de65e81b8f0498ee4 "
         "(tests/fidelity/sqvae_ref.py)",
         "indices, loss, z_q, codebook after 5 SGD steps with the variance frozen and the reference fed our Gumbel "
         "draws; the variance gradient dL/dvar after one step", Tolerance(1e-5, 1e-5),
         "variance: reference gaussian_1 var = 1 + exp(s) (model.py SQVAE.forward, floor 1), ours exp(log_var) "
-        "(no floor; d var / d param = var vs var - 1); loss: reference sums over an image's positions, ours "
-        "averages over vectors and adds log K (ours = ref / positions + log K); noise: reference "
+        "(no floor; d var / d param = var vs var - 1); loss: reference ARELBO D/2 log MSE + sum of the latent "
+        "terms, ours weighs the latent terms by 2 MSE / (data elements per token) from the task's report "
+        "(same gradient up to a positive factor), 1/dim without a report (compared with weight=dim); noise: reference "
         "-log(-log(U)), ours -log(Exp(1)), equal in distribution",
         "test_fidelity_other.py::test_sqvae_follows_gaussian_vector_quantizer_with_the_same_draws"),
     Row("vq-lc", "zh460045050/VQGAN-LC vqgan-gpt-lc/models/models_vq.py@4708958f2257f62a996fc5d42928fecbf4282986 "

@@ -108,7 +108,10 @@ def test_vq_l2_ema_variant_follows_vector_quantize_pytorch_cosine_codebook():
 def test_learnable_codebook_options_follow_vector_quantize_pytorch(name):
     problem = make_problem(STEPS, N, IN_DIM, DIM)
     codes = start_codes(problem, K, far=4 if name == "vq-restart" else 0)
-    overrides = {"restart_noise": 0.0} if name == "vq-restart" else {}  # vqp restarts without noise
+    # vqp restarts without noise. Its rule in counts (EMA count < T, counts start at 1, a restart resets to R) is ours
+    # in shares at N vectors a step (share < r / K, shares start at r / K, a restart resets to 1 / K) when
+    # r = T K / N and R = N / K: with T = 1 that is our default r = 0.25 at N / K = 4, and R = 4.
+    overrides = {"restart_noise": 0.0, "restart_threshold": K / N} if name == "vq-restart" else {}
     ours = create_method(name, dim=DIM, codebook_size=K, **overrides)
     load_state(ours, embedding=codes)
     options = {"vq-rotation": {"rotation_trick": True},
@@ -118,6 +121,8 @@ def test_learnable_codebook_options_follow_vector_quantize_pytorch(name):
                              commitment_weight=BETA, **options)
     with torch.no_grad():
         ref._codebook.embed.copy_(codes[None])
+    if name == "vq-restart":
+        ref._codebook.reset_cluster_size = N / K  # see the mapping above
 
     def reported(breakdown) -> Tensor:
         return _vq_vae_loss(breakdown) + 10.0 * breakdown.orthogonal_reg if name == "vq-orthoreg" \

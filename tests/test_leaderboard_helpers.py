@@ -22,6 +22,7 @@ import pandas as pd
 from vqbench.store import ResultStore, final_metrics
 
 N_SYNTHETIC = 200
+N_TUNING_TRIALS = 6
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # printed Student t tables, 2-sided 95%
 
 _CACHE: dict[str, object] = {}
@@ -64,6 +65,22 @@ def synthetic_site(tmp_path_factory) -> tuple[Path, Path, float]:
         build_site(results, site)
         _CACHE["site"] = (results, site, time.perf_counter() - t0)
     return _CACHE["site"]  # type: ignore[return-value]
+
+
+def tuned_site(tmp_path_factory) -> tuple[Path, Path]:
+    """(results, site) for a synthetic store with a tuning of the quick suite (N_TUNING_TRIALS trials per
+    task and method, hostile plugin strings included); built once per test process."""
+    if "tuned" not in _CACHE:
+        from fixtures.synthetic_store import generate
+
+        from vqbench.leaderboard.build import build_site
+
+        base = tmp_path_factory.mktemp("lb_tuned")
+        results, site = base / "results", base / "site"
+        generate(results, 120, seed=3, workers=1, hostile=True, tuning_trials=N_TUNING_TRIALS)
+        build_site(results, site)
+        _CACHE["tuned"] = (results, site)
+    return _CACHE["tuned"]  # type: ignore[return-value]
 
 
 # -- independent recomputation ---------------------------------------------------------------------

@@ -43,7 +43,8 @@ ROWS: list[Row] = [
     Row("vq-orthoreg", f"{VQP} VectorQuantize(orthogonal_reg_weight=10*beta, learnable_codebook=True)",
         STEP_COMPARISON + "; reference codebook lr / beta", Tolerance(1e-5, 1e-5), "loss weights mapped",
         "test_fidelity_vq.py::test_learnable_codebook_options_follow_vector_quantize_pytorch[vq-orthoreg]"),
-    Row("vq-restart", f"{VQP} VectorQuantize(threshold_ema_dead_code=1, decay=0.99, learnable_codebook=True)",
+    Row("vq-restart", f"{VQP} VectorQuantize(threshold_ema_dead_code=1, decay=0.99, learnable_codebook=True), "
+        "reset_cluster_size=N/K (our usage-share rule mapped to its counts)",
         STEP_COMPARISON + " with restart_noise=0", Tolerance(1e-6, 1e-5),
         "ours adds N(0, (0.01/sqrt d)^2) noise to a restarted code, vqp none: compared with noise 0 (same batch "
         "rows drawn); the noisy draw is checked in test_methods_vq.py::"
