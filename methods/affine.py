@@ -39,7 +39,10 @@ AFFINES = ("learned", "running", "none")
 
 
 # version 2: the nearest-code search is centred on the codebook mean (issue 13): near-tie indices, and so runs, change
-@register_method("vq-affine", version=2, paper="2305.08842", family="reparameterised-codebook",
+@register_method("vq-affine", version=2,
+                 search_space={"beta": (0.5, 1.0, "linear"), "sync_nu": (0.0, 1.0, "linear"),
+                               "affine_lr": (1.0, 100.0, "log")},
+                 paper="2305.08842", family="reparameterised-codebook",
                  description="Affine-reparameterised codebook, synchronized commitment (nu), optional alternating "
                              "codebook step (Huh et al.)",
                  differences="no dead-code replacement (vqtorch README example: replace_freq=20), k-means init, "

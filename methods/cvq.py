@@ -44,7 +44,9 @@ ANCHORS = ("closest", "random", "probrandom")
 
 
 # version 2: the l2 lookup (distance="l2") is centred on the codebook mean (issue 13); the cosine default is as before
-@register_method("cvq", version=2, paper="2307.15139", family="codebook-reinit",
+@register_method("cvq", version=2,
+                 search_space={"beta": (0.05, 1.0, "log"), "decay": (0.9, 0.999, "linear")},
+                 paper="2307.15139", family="codebook-reinit",
                  description="CVQ-VAE: EMA code usage; under-used codes pulled toward batch anchors at rate "
                              "exp(-10 K p_k / (1 - gamma))",
                  differences="no contrastive loss (contras_loss, off in the reference) and no first_batch mode",

@@ -50,7 +50,9 @@ def anneal(start: float, end: float, step: int, total_steps: int, schedule: str)
     raise ValueError(f"unknown temperature schedule {schedule!r}: use 'cosine' or 'exponential'")
 
 
-@register_method("gumbel", version=1, paper="1611.01144", family="stochastic",
+@register_method("gumbel", version=1,
+                 search_space={"kl_weight": (0.001, 0.1, "log"), "tau_end": (0.01, 0.5, "log")},
+                 paper="1611.01144", family="stochastic",
                  description="Gumbel-softmax VQ (DALL-E style): straight-through hard samples, KL to uniform, "
                              "temperature annealed 1 -> 1/16 (cosine)",
                  differences="Against taming-transformers' GumbelQuantize: eval takes the noise-free argmax (taming "

@@ -74,7 +74,9 @@ def entropy_penalty(x: Tensor, codes: Tensor, temperature: float, eps: float = 1
 
 
 # version 2: the reference configs' entropy term on by default (weight 0.05, T 0.01)
-@register_method("ibq", version=2, paper="2412.02692", family="all-code-gradient",
+@register_method("ibq", version=2,
+                 search_space={"beta": (0.05, 1.0, "log"), "entropy_weight": (0.01, 0.5, "log")},
+                 paper="2412.02692", family="all-code-gradient",
                  description="IBQ: straight-through over the soft one-hot index so every code gets gradient; "
                              "double quantization loss + entropy term (weight 0.05, T 0.01)",
                  differences="no EMA copy of the tokenizer weights (use_ema) and no index remap; soft one-hot "

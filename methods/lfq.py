@@ -114,7 +114,9 @@ def codebook_entropy(u: Tensor, scale: float, inv_temperature: float, group_size
     return total
 
 
-@register_method("lfq", version=2, paper="2310.05737", family="implicit",
+@register_method("lfq", version=2,
+                 search_space={"entropy_weight": (0.01, 1.0, "log"), "commitment_weight": (0.05, 1.0, "log")},
+                 paper="2310.05737", family="implicit",
                  description="LFQ (MAGVIT-v2): sign of a log2(K)-dim projection, index = bits, per-sample minus "
                              "batch entropy (exact) + commitment",
                  differences="The per-sample entropy is the exact factorised binary entropy where vector-quantize-"
@@ -178,7 +180,9 @@ class LookupFreeQuantizer(Quantizer):
                                "commitment": commitment.detach()})
 
 
-@register_method("bsq", version=2, paper="2406.07548", family="implicit",
+@register_method("bsq", version=2,
+                 search_space={"entropy_weight": (0.01, 1.0, "log")},
+                 paper="2406.07548", family="implicit",
                  description="BSQ: l2-normalised projection, sign/sqrt(d), factorised per-sample minus codebook "
                              "entropy",
                  differences="The reference code divides the entropy term by inv_temperature and scales the "

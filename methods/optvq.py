@@ -125,7 +125,9 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
 
 
 # version 2: Sinkhorn at eval by default, as the reference; distances centred on the codebook mean
-@register_method("optvq", version=2, paper="2412.15195", family="assignment",
+@register_method("optvq", version=2,
+                 search_space={"beta": (0.05, 1.0, "log"), "epsilon": (1.0, 100.0, "log")},
+                 paper="2412.15195", family="assignment",
                  description="OptVQ: Sinkhorn-Knopp optimal-transport assignment on the normalised distance (in "
                              "training and at eval); linear code projection",
                  differences="single head (the reference configs use num_head 4-8); no offline k-means init from a "

@@ -26,7 +26,9 @@ from vqbench.registry import register_method
 
 
 # version 2: the nearest-code search is centred on the codebook mean (issue 13): near-tie indices, and so runs, change
-@register_method("simvq", version=2, paper="2411.02038", family="reparameterised-codebook",
+@register_method("simvq", version=2,
+                 search_space={"beta": (0.05, 1.0, "log")},
+                 paper="2411.02038", family="reparameterised-codebook",
                  description="SimVQ: frozen Gaussian basis times one learnable linear layer; nearest projected code",
                  differences="none in the quantizer (the reference configs' legacy=false loss weights); no index "
                              "remap",

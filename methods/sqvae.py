@@ -55,7 +55,9 @@ from vqbench.registry import register_method
 MIN_VARIANCE = 1e-10  # the reference clamps the variance at this value before inverting it
 
 
-@register_method("sqvae", version=2, paper="2205.07547", family="stochastic",
+@register_method("sqvae", version=2,
+                 search_space={"weight": (0.1, 10.0, "log")},
+                 paper="2205.07547", family="stochastic",
                  description="SQ-VAE (Gaussian): Gumbel-softmax over -||z-b||^2/(2 sigma^2) with a learned, "
                              "self-annealing variance; discrete KL + variance-weighted distortion, weighted "
                              "against the reconstruction as the reference's ARELBO",

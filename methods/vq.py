@@ -113,7 +113,9 @@ def _distinct_rows(rows: Tensor) -> int:
 
 
 # -- the quantizer ---------------------------------------------------------------------------------------------
-@register_method("vq", version=2, paper="1711.00937", family="vq",
+@register_method("vq", version=2,
+                search_space={"beta": (0.05, 1.0, "log")},
+                paper="1711.00937", family="vq",
                  description="VQ-VAE: nearest code, straight-through estimator, codebook + beta*commitment loss",
                  differences="none in the rule (eq. 3 losses, straight-through); U(-1/K, 1/K) init as the common "
                              "PyTorch reimplementations",
@@ -422,45 +424,63 @@ class VectorQuantizer(Quantizer):
 # run id carries vq-ema's version), so a change of an option's rule bumps every preset (vq-ema 3, the others 2):
 # share-based dead-code threshold, k-means init from >= K distinct vectors, nearest-code search centred on the
 # codebook mean (issue 13).
-register_method("vq-ema", version=3, paper="1711.00937", family="vq",
+register_method("vq-ema", version=3,
+                search_space={"beta": (0.05, 1.0, "log"), "ema_decay": (0.8, 0.999, "linear")},
+                paper="1711.00937", family="vq",
                 description="VQ-VAE with an EMA codebook (cluster sizes/sums, decay 0.99, Laplace eps 1e-5); "
                             "loss = beta*commitment only",
                 differences="none: the update of vector-quantize-pytorch (N starts at 1, m at the initial codes)",
                 beta=0.25, ema=True, ema_decay=0.99, ema_eps=1e-5)(VectorQuantizer)
-register_method("vq-kmeans", version=2, paper="2107.03312", family="vq",
+register_method("vq-kmeans", version=2,
+                search_space={"beta": (0.05, 1.0, "log"), "kmeans_iters": (2, 20, "int")},
+                paper="2107.03312", family="vq",
                 description="VQ-VAE whose codebook is initialised by k-means (k-means++ seeding, 10 Lloyd "
                             "iterations) on the first training batch(es), at least K distinct vectors",
                 differences="buffers batches until >= K distinct vectors (the reference runs k-means on the first "
                             "batch and duplicates codes); k-means++ seeding instead of random rows",
                 beta=0.25, kmeans_init=True, kmeans_iters=10, kmeans_seeding="kmeans++", kmeans_batches=1,
                 kmeans_max_batches=64)(VectorQuantizer)
-register_method("vq-restart", version=2, paper="2005.00341", family="vq",
+register_method("vq-restart", version=2,
+                search_space={"beta": (0.05, 1.0, "log"), "restart_threshold": (0.05, 1.0, "log"),
+                              "restart_decay": (0.9, 0.999, "linear")},
+                paper="2005.00341", family="vq",
                 description="VQ-VAE with dead-code restart: codes whose EMA usage share (decay 0.99) falls below "
                             "0.25 x the uniform share 1/K are replaced by random batch vectors plus noise",
                 differences="threshold on the EMA usage share (x 1/K), not on raw EMA counts, and a replaced code "
                             "restarts at the uniform share: the same rule at any batch size",
                 beta=0.25, restart=True, restart_threshold=0.25, restart_decay=0.99, restart_noise=0.01,
                 restart_interval=1)(VectorQuantizer)
-register_method("vq-l2", version=2, paper="2110.04627", family="vq",
+register_method("vq-l2", version=2,
+                search_space={"beta": (0.05, 1.0, "log")},
+                paper="2110.04627", family="vq",
                 description="ViT-VQGAN factorized codes: project to 8 dims, l2-normalise inputs and codes "
                             "(cosine lookup), project back",
                 differences="the quantizer only (the paper's factorized lookup), trained with the VQ-VAE losses",
                 beta=0.25, code_dim=8, l2_normalize=True)(VectorQuantizer)
-register_method("vq-rotation", version=2, paper="2410.06424", family="vq",
+register_method("vq-rotation", version=2,
+                search_space={"beta": (0.05, 1.0, "log")},
+                paper="2410.06424", family="vq",
                 description="VQ-VAE with the rotation trick: gradients pass through the constant rotation + "
                             "rescaling that maps z onto its code",
                 differences="none: the rotation of vector-quantize-pytorch (rotate_to), tested against it",
                 beta=0.25, rotation=True)(VectorQuantizer)
-register_method("vq-orthoreg", version=2, paper="2112.00384", family="vq",
+register_method("vq-orthoreg", version=2,
+                search_space={"beta": (0.05, 1.0, "log"), "orthoreg_weight": (1.0, 100.0, "log")},
+                paper="2112.00384", family="vq",
                 description="VQ-VAE + orthogonal codebook regulariser 10 * sum_{i!=j} cos(c_i, c_j)^2 / K^2",
                 differences="penalty over the whole codebook (vector-quantize-pytorch can subsample codes)",
                 beta=0.25, orthoreg_weight=10.0)(VectorQuantizer)
-register_method("vq-entropy", version=2, paper="2303.06424", family="vq",
+register_method("vq-entropy", version=2,
+                search_space={"beta": (0.05, 1.0, "log"), "entropy_weight": (0.01, 1.0, "log"),
+                              "entropy_temperature": (0.1, 10.0, "log")},
+                paper="2303.06424", family="vq",
                 description="VQ-VAE + batch codebook-entropy penalty weight * (log K - H(mean softmax(-d^2/T)))",
                 differences="the prior-distribution (batch entropy) term only: no stochastic mask or contrastive "
                             "regulariser of the paper",
                 beta=0.25, entropy_weight=0.1, entropy_temperature=1.0)(VectorQuantizer)
-register_method("vq-deferred", version=2, paper="2603.17052", family="vq",
+register_method("vq-deferred", version=2,
+                search_space={"beta": (0.05, 1.0, "log"), "warmup_fraction": (0.02, 0.3, "linear")},
+                paper="2603.17052", family="vq",
                 description="Deferred quantisation: identity for the first 10% of steps while buffering latents, "
                             "then k-means init on the buffer and VQ",
                 differences="not cross-checked against the authors' code: the switch as stated in the docstring "

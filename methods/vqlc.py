@@ -79,7 +79,9 @@ def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
     return centres
 
 
-@register_method("vq-lc", version=2, paper="2406.11837", family="reparameterised-codebook",
+@register_method("vq-lc", version=2,
+                 search_space={"codebook_weight": (0.05, 1.0, "log")},
+                 paper="2406.11837", family="reparameterised-codebook",
                  description="VQGAN-LC: large frozen codebook of feature-bank k-means centres plus a trainable "
                              "linear projector into z-space; without an extractor the bank is the task's encoder "
                              "outputs after a pass-through warm-up",
