@@ -35,10 +35,29 @@ def oriented(values: pd.Series, higher_is_better: bool) -> pd.Series:
     return values if higher_is_better else -values
 
 
+#: up to this many rows, ranks are computed by comparing every pair of rows, all columns at once
+PAIRWISE_MAX_ROWS = 64
+
+
 def average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Ranks of ``scores`` along axis 0 (1 = highest score), ties get their average rank; shape kept."""
-    order = np.argsort(-scores, axis=0, kind="stable")
+    """Ranks of ``scores`` along axis 0 (1 = highest score), ties get their average rank; shape kept.
+
+    A value's average rank is ``1 + (number of greater values) + (number of other equal values) / 2``.
+    Few rows (a table's configs, ranked in thousands of bootstrap columns): by comparing every pair of
+    rows, vectorised over the columns; many rows (the pairs of a signed-rank test): by sorting each column.
+    """
+    scores = np.asarray(scores, dtype=float)
     ranks = np.empty_like(scores, dtype=float)
+    rows = scores.shape[0]
+    if rows <= PAIRWISE_MAX_ROWS:
+        step = max(1, 4_000_000 // max(rows * rows, 1))
+        for start in range(0, scores.shape[1], step):
+            block = scores[:, start:start + step]
+            greater = (block[None, :, :] > block[:, None, :]).sum(axis=1)  # [i, m]: rows j above row i
+            equal = (block[None, :, :] == block[:, None, :]).sum(axis=1)  # includes row i itself
+            ranks[:, start:start + step] = greater + (equal + 1) / 2
+        return ranks
+    order = np.argsort(-scores, axis=0, kind="stable")
     for column in range(scores.shape[1]):
         col = scores[order[:, column], column]
         position = np.arange(1, len(col) + 1, dtype=float)
@@ -77,12 +96,15 @@ def rank_intervals(table: pd.DataFrame, samples: int = BOOTSTRAP_SAMPLES, seed: 
     means = np.array([[values.mean() for values in row] for row in cube])  # configs x tasks
     observed = average_ranks(means).mean(axis=1)
     rng = np.random.default_rng(seed)
-    boot = np.empty((samples, len(configs)))
-    for b in range(samples):
-        picked = rng.integers(0, len(tasks), size=len(tasks))
-        resampled = np.array([[row[t][rng.integers(0, len(row[t]), size=len(row[t]))].mean() for t in picked]
-                              for row in cube])
-        boot[b] = average_ranks(resampled).mean(axis=1)
+    picked = rng.integers(0, len(tasks), size=(samples, len(tasks)))  # the tasks of each resample
+    resampled = np.empty((len(configs), samples, len(tasks)))  # config x resample x drawn task: a seed mean
+    for t in range(len(tasks)):
+        where = picked == t  # every position that drew task t gets its own resample of each config's seeds
+        for c, row in enumerate(cube):
+            values = row[t]
+            draws = rng.integers(0, len(values), size=(int(where.sum()), len(values)))
+            resampled[c][where] = values[draws].mean(axis=1)
+    boot = average_ranks(resampled.reshape(len(configs), -1)).reshape(resampled.shape).mean(axis=2).T
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
     out = [RankSummary(c, float(m), float(lo), float(hi)) for c, m, lo, hi in zip(configs, observed, low, high)]
     return sorted(out, key=lambda r: (r.mean_rank, r.config))
