@@ -33,6 +33,14 @@ class Quantizer(nn.Module):
 
     dim: int
     codebook_size: int
+    #: What this method keeps identical across the ranks of a data-parallel run, in words (e.g. ``("EMA counts
+    #: and sums: all-reduced before the update",)``); ``()``: nothing to sync (stateless, or every state change
+    #: follows from gradients, which the runner averages). ``None``: not declared: a method with buffers that
+    #: declares nothing is refused for runs of more than one process (see ``vqbench.distributed``).
+    distributed_sync: tuple[str, ...] | None = None
+    #: Where 2 ranks x batch B/2 cannot equal 1 rank x batch B exactly (float reduction order), the largest
+    #: difference of losses and codebooks this method allows after a few dozen steps (0: exact to float rounding).
+    distributed_tolerance: float = 0.0
 
     def forward(self, z: Tensor) -> QuantizeOutput:  # pragma: no cover - abstract
         raise NotImplementedError

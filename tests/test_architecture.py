@@ -24,12 +24,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # the ground floor: everything in bench/ but the commands
     "vqbench": ("vqbench.errors", "vqbench.registry", "vqbench.spec", "vqbench.store", "vqbench.provenance",
                 "vqbench.quantizer", "vqbench.metrics", "vqbench.collapse", "vqbench.runner", "vqbench.checkpoint",
-                "vqbench.testing", "vqbench.image_metrics", "vqbench.gen_metrics", "vqbench.tuning"),
-    "vqbench.methods": ("vqbench.errors", "vqbench.registry", "vqbench.quantizer"),
+                "vqbench.testing", "vqbench.image_metrics", "vqbench.gen_metrics", "vqbench.tuning",
+                "vqbench.distributed"),
+    "vqbench.methods": ("vqbench.errors", "vqbench.registry", "vqbench.quantizer", "vqbench.distributed"),
     "vqbench.tasks": ("vqbench.errors", "vqbench.registry", "vqbench.spec", "vqbench.metrics", "vqbench.collapse",
-                      "vqbench.image_metrics", "vqbench.gen_metrics", "vqbench.quantizer"),
+                      "vqbench.image_metrics", "vqbench.gen_metrics", "vqbench.quantizer", "vqbench.distributed"),
     "vqbench.slurm": ("vqbench.errors", "vqbench.registry", "vqbench.spec", "vqbench.store", "vqbench.provenance",
-                      "vqbench.runner", "vqbench.tuning"),
+                      "vqbench.runner", "vqbench.tuning", "vqbench.distributed"),
     "vqbench.leaderboard": ("vqbench.errors", "vqbench.spec", "vqbench.store", "vqbench.tuning"),
     "vqbench.commands": ("vqbench",),  # the top floor may import every layer
 }

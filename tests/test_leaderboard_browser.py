@@ -23,8 +23,8 @@ from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
 import pytest
-from fixtures.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK
-from test_leaderboard_helpers import expected_configs, parse_page, store_table, suites, synthetic_site
+from fixtures.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK, TUNING, TUNING_METHODS
+from test_leaderboard_helpers import expected_configs, parse_page, store_table, suites, synthetic_site, tuned_site
 
 from vqbench.leaderboard.data import slug
 
@@ -333,6 +333,27 @@ def test_hostile_strings_render_as_text(driver, root, synthetic):
             "return Array.from(document.querySelectorAll('*')).some(el => Array.from(el.attributes)"
             ".some(a => a.name.startsWith('on')))"), page
         _no_alert(driver)
+    assert not _severe_console(driver)
+
+
+# -- equal tuning budgets ------------------------------------------------------------------------------------
+def test_tuned_table_marks_ties_and_links_to_the_trials(driver, tmp_path_factory):
+    _, site = tuned_site(tmp_path_factory)
+    _open(driver, site.resolve().as_uri() + "/index.html")
+    table = f"suite-{slug(TUNING)}-tuned-table"
+    assert len(driver.find_elements(*_by(f"#{table} tbody tr"))) == len(TUNING_METHODS)
+    (tie,) = driver.find_elements(*_by(f"#{table} .tie"))
+    assert tie.text == "\u2248" and "p = " in tie.get_attribute("title")
+    ci_col = _header_index(driver, table, "Rank 95% CI")
+    driver.find_elements(*_by(f"#{table} thead th"))[ci_col].click()
+    assert _is_sorted(_values(driver, table, ci_col), descending=False)
+    driver.find_element(*_by(f"#{table} small.chosen a")).click()
+    target = driver.execute_script("return document.querySelector(':target') && document.querySelector(':target').id")
+    assert target and target.startswith("trials-") and urlsplit(driver.current_url).fragment == target
+    listing = driver.find_element(*_by(f"tbody[id='{target}']"))
+    assert "selected" in listing.text and listing.is_displayed()
+    chart = driver.find_element(*_by("section[id^='tuning-'] svg.chart"))
+    assert len(chart.find_elements(*_by("circle"))) > len(TUNING_METHODS)
     assert not _severe_console(driver)
 
 

@@ -73,3 +73,44 @@ def test_a_consistent_small_advantage_is_separated():
     values |= {("y", f"t{i}"): [1.0 + 0.1 * s for s in range(3)] for i in range(4)}
     (test,) = neighbour_tests(_table(values), ["x", "y"])
     assert test.separated and test.p_value == pytest.approx(2 / 2**12)
+
+
+def test_average_ranks_pairwise_and_sorted_paths_agree():
+    from vqbench.leaderboard import ranking
+
+    scores = np.random.default_rng(2).integers(0, 4, size=(9, 300)).astype(float)  # many ties
+    pairwise = average_ranks(scores)
+    threshold = ranking.PAIRWISE_MAX_ROWS
+    try:
+        ranking.PAIRWISE_MAX_ROWS = 0  # every call sorts
+        assert np.array_equal(average_ranks(scores), pairwise)
+    finally:
+        ranking.PAIRWISE_MAX_ROWS = threshold
+    assert np.allclose(pairwise.sum(axis=0), 9 * 10 / 2)  # ranks 1..9 sum to 45 in every column
+
+
+def _reference_intervals(table: pd.DataFrame, samples: int, seed: int) -> dict[str, tuple[float, float]]:
+    """The two-level bootstrap written out one resample at a time (the definition in the module docstring)."""
+    tasks = sorted(table["task"].unique())
+    configs = sorted(table["config"].unique())
+    cells = {(c, t): g["value"].to_numpy() for (c, t), g in table.groupby(["config", "task"])}
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(samples):
+        picked = rng.integers(0, len(tasks), size=len(tasks))
+        means = np.array([[rng.choice(cells[(c, tasks[t])], size=len(cells[(c, tasks[t])])).mean() for t in picked]
+                          for c in configs])
+        boot.append(average_ranks(means).mean(axis=1))
+    low, high = np.percentile(np.array(boot), [2.5, 97.5], axis=0)
+    return {c: (lo, hi) for c, lo, hi in zip(configs, low, high)}
+
+
+def test_vectorised_bootstrap_matches_the_one_at_a_time_definition():
+    rng = np.random.default_rng(5)
+    values = {(c, t): list(rng.normal(mu + 0.3 * i, 0.5, 3)) for c, mu in (("x", 0.0), ("y", 0.4), ("z", 0.8))
+              for i, t in enumerate(("t1", "t2", "t3", "t4", "t5"))}
+    table = _table(values)
+    fast = {r.config: (r.low, r.high) for r in rank_intervals(table, samples=4000, seed=1)}
+    slow = _reference_intervals(table, samples=4000, seed=2)
+    for config, (low, high) in slow.items():
+        assert fast[config][0] == pytest.approx(low, abs=0.21) and fast[config][1] == pytest.approx(high, abs=0.21)
