@@ -5,6 +5,12 @@ deterministic on CPU (same spec twice -> identical metrics), evaluates periodica
 eval split, stops a run whose loss or gradients stop being finite with status ``diverged`` (keeping
 what was measured), checkpoints atomically and resumes to the same numbers as an uninterrupted run.
 
+Data parallel (one process per device, :mod:`vqbench.distributed`): every rank runs this same loop on
+its contiguous shard of each global batch of ``budget.batch_size`` rows; gradients and logged values are
+averaged over ranks after each backward; tasks evaluate disjoint parts of a split and combine them
+exactly; rank 0 alone writes checkpoints and rows, and every rank returns the same :class:`RunResult`.
+A run resumes only on the world size it started with.
+
 :func:`run` reads top to bottom: check the store and versions, build the task's stages, restore a
 checkpoint, train each stage with a :class:`_StageTrainer`, write the rows. The counters that travel
 in checkpoints are a :class:`Progress`; checkpoint files and generator states live in
@@ -28,6 +34,16 @@ import torch
 from tqdm import tqdm
 
 from vqbench.checkpoint import atomic_torch_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from vqbench.distributed import (
+    all_gather_objects,
+    average_step_,
+    barrier,
+    broadcast_object,
+    check_divides,
+    join,
+    refuse_undeclared_state,
+    world,
+)
 from vqbench.errors import UserError
 from vqbench.provenance import device_label, git_provenance, package_versions, slurm_job_id
 from vqbench.quantizer import uses_feature_bank
@@ -143,11 +159,16 @@ class _Training:
     array_rows: list[ArrayRow] = field(default_factory=list)
     resume_from: dict[str, Any] | None = None  # the checkpoint, until the stage it stopped in has restored
     steps_this_call: int = 0
+    world_size: int = 1  # processes of the run (one per device)
 
     def restore(self, checkpoint: dict[str, Any] | None) -> None:
         """Take counters, rows and the finished stages' weights from ``checkpoint`` (if any)."""
         if checkpoint is None:
             return
+        started = checkpoint.get("world_size", 1)
+        if started != self.world_size:
+            raise UserError(f"run {self.spec.run_id} was checkpointed by {started} process(es) and cannot resume "
+                            f"on {self.world_size}: rerun it on {started}, or pass --force to start it afresh")
         self.progress = Progress(**checkpoint["state"])
         self.metric_rows, self.array_rows = checkpoint["metric_rows"], checkpoint["array_rows"]
         for stage, state in zip(self.stages[:self.progress.stage], checkpoint["models"]):
@@ -159,11 +180,14 @@ class _Training:
         return self.stop_after_steps is not None and self.steps_this_call >= self.stop_after_steps
 
     def save_final(self) -> None:
-        """The final weights (a generation task reuses a finished tokenizer by run id)."""
+        """The final weights (a generation task reuses a finished tokenizer by run id); rank 0 writes them."""
+        if not world().is_main:
+            return
         atomic_torch_save({"run_id": self.spec.run_id, "state": asdict(self.progress),
                            "models": [s.model.state_dict() for s in self.stages], "optimizer": None,
                            "scheduler": None, "rng": rng_state(), "metric_rows": self.metric_rows,
-                           "array_rows": self.array_rows, "complete": True}, self.checkpoint_path)
+                           "array_rows": self.array_rows, "complete": True, "world_size": self.world_size},
+                          self.checkpoint_path)
 
     def steps_done(self, status: str) -> int:
         """Optimizer steps done: all of them for an ``ok`` run, else up to the last logged training step."""
@@ -228,7 +252,7 @@ class _StageTrainer:
         if self.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng_ranks"][world().rank] if "rng_ranks" in checkpoint else checkpoint["rng"])
         self.start = checkpoint["state"]["step"]
         self.running = checkpoint.get("running", {})
         self.restored = True
@@ -240,7 +264,8 @@ class _StageTrainer:
         if self.start == 0 and not self.restored:  # (a checkpoint at step 0 holds that evaluation already)
             self.evaluate(0)
         spec = self.run.spec
-        bar = tqdm(total=steps, initial=self.start, disable=not self.run.show_progress, leave=False,
+        bar = tqdm(total=steps, initial=self.start, disable=not (self.run.show_progress and world().is_main),
+                   leave=False,
                    desc=f"{spec.method} on {spec.task} [{self.stage.name}]", dynamic_ncols=True)
         t_mark = time.perf_counter()
         for step in range(self.start, steps):
@@ -283,16 +308,19 @@ class _StageTrainer:
         device = self.run.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, logs = stage.loss(batch)
+        values = {"loss": loss, **logs}
         if self.optimizer is not None and loss.requires_grad:  # (a warm-up step may train nothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            values = average_step_(self.params, values)  # over ranks: gradients and logged values (or as is)
             clip = self.run.spec.budget.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
             self.optimizer.step()
             self.scheduler.step()
-            logs = {**logs, "grad_norm": grad_norm}
-        self.running.setdefault("loss", []).append(loss.detach().float())
-        for name, value in logs.items():
+            values["grad_norm"] = grad_norm
+        else:
+            values = average_step_([], values)
+        for name, value in values.items():
             self.running.setdefault(name, []).append(torch.as_tensor(value).detach().float().reshape(()))
 
     def end_window(self, done: int, bar: tqdm) -> None:
@@ -326,14 +354,19 @@ class _StageTrainer:
             self.run.array_rows.append((split, self.offset + step, name, [float(v) for v in values]))
 
     def save(self, step: int) -> None:
-        """A resumable checkpoint at ``step`` of this stage (atomically replaces the previous one)."""
+        """A resumable checkpoint at ``step`` of this stage (atomically replaces the previous one), by rank 0;
+        with every rank's random-number state (ranks draw alike, but a method may draw per rank)."""
         run = self.run
+        rngs = all_gather_objects(rng_state()) if run.world_size > 1 else None
+        if not world().is_main:
+            return
+        extra = {"world_size": run.world_size, **({"rng_ranks": rngs} if rngs is not None else {})}
         atomic_torch_save({
             "run_id": run.spec.run_id, "state": {**asdict(run.progress), "stage": self.index, "step": step},
             "models": [s.model.state_dict() for s in run.stages[:self.index + 1]],
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None, "rng": rng_state(),
-            "metric_rows": run.metric_rows, "array_rows": run.array_rows, "running": self.running},
+            "metric_rows": run.metric_rows, "array_rows": run.array_rows, "running": self.running, **extra},
             run.checkpoint_path)
 
 
@@ -352,7 +385,8 @@ def _run_record(spec: RunSpec, task_entry: Entry, method_entry: Entry, device: t
         "seed": spec.seed, "budget": canonical_json(asdict(spec.budget)),
         "tags": list(spec.tags), "spec": spec.to_json(), "main_metric": task_entry.main_metric,
         "higher_is_better": task_entry.higher_is_better, "device": device_label(device),
-        "hostname": socket.gethostname(), "versions": json.dumps(package_versions(), sort_keys=True),
+        "hostname": socket.gethostname(), "world_size": world().size,
+        "versions": json.dumps(package_versions(), sort_keys=True),
         "slurm_job_id": slurm_job_id(), "started_at": datetime.now(timezone.utc), "error": "",
     }
     record["git_commit"], record["git_dirty"] = git_provenance()
@@ -365,6 +399,7 @@ def _build_stages(spec: RunSpec, store: ResultStore, device: torch.device) -> li
         task = TASKS.create(spec.task, **spec.task_params)
         method_kwargs = {"dim": task.latent_dim, "codebook_size": task.codebook_size, **spec.method_params}
         quantizer = METHODS.create(spec.method, **method_kwargs)
+        refuse_undeclared_state(quantizer, spec.method)  # before any data is loaded
         task.bind(spec, store.root)  # e.g. to reuse a finished tokenizer run
         task.setup(device, spec.seed)
         bank = task.feature_bank()
@@ -387,35 +422,46 @@ def run(spec: RunSpec, results: str | Path = "results", *, force: bool = False, 
     A run whose id is already complete is not run again (unless ``force``). With ``resume`` a run
     continues from its last checkpoint. ``stop_after_steps`` stops (without a run row, like a killed
     job) after that many optimizer steps in this call: used to test resume.
+
+    Launched as several processes (``torchrun``, Slurm tasks, or a process group the caller initialised),
+    every rank calls this with the same arguments; ``budget.batch_size`` is the global batch.
     """
+    dev = join(select_device(device))  # this rank's device (the process group is joined if launched as several)
+    size = world().size
+    check_divides(spec.budget.batch_size)
     store = ResultStore(results)
-    store.ensure_writable()
-    if not force and store.is_complete(spec.run_id):
+    if world().is_main:
+        store.ensure_writable()
+    if broadcast_object(not force and store.is_complete(spec.run_id)):  # rank 0 decides for all
         return RunResult(spec.run_id, "skipped")
     task_entry, method_entry = TASKS.get(spec.task), METHODS.get(spec.method)
     if (task_entry.version, method_entry.version) != (spec.task_version, spec.method_version):
         raise UserError(f"spec {spec.run_id} was made for {spec.task} v{spec.task_version} / {spec.method} "
                         f"v{spec.method_version} but the registry has v{task_entry.version} / "
                         f"v{method_entry.version}: rebuild the spec")
-    dev = select_device(device)
     training = _Training(spec, dev, store.checkpoint_path(spec.run_id),
-                         sys.stderr.isatty() if progress is None else progress, stop_after_steps)
-    if force or not resume:
+                         sys.stderr.isatty() if progress is None else progress, stop_after_steps, world_size=size)
+    if (force or not resume) and world().is_main:
         training.checkpoint_path.unlink(missing_ok=True)
+    barrier()  # (every rank reads the same checkpoint, or none)
     record = _run_record(spec, task_entry, method_entry, dev)
-    seed_everything(spec.seed)
+    seed_everything(spec.seed)  # the same on every rank: identical initial weights and random streams
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     status, error = "ok", ""
     try:
         training.stages = _build_stages(spec, store, dev)
+        for stage in training.stages:
+            check_divides(stage.items_per_batch, f"the batch of stage {stage.name}")
         training.restore(load_checkpoint(training.checkpoint_path) if resume else None)
+        barrier()  # every rank has read the checkpoint before rank 0 may replace it
         for index in range(training.progress.stage, len(training.stages)):
             trainer = _StageTrainer.build(training, index)
             if training.resume_from is not None:
                 trainer.restore(training.resume_from)
                 training.resume_from = None
             if not trainer.train():
+                barrier()  # rank 0's checkpoint is on disk when any rank returns
                 return RunResult(spec.run_id, "interrupted", main_metric=task_entry.main_metric or "")
         training.save_final()
     except Diverged as exc:
@@ -425,12 +471,14 @@ def run(spec: RunSpec, results: str | Path = "results", *, force: bool = False, 
     except Exception as exc:  # recorded in the store; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}"
     p = training.progress
-    record.update({
-        "status": status, "error": error, "steps_done": training.steps_done(status),
-        "wall_time_s": p.elapsed, "finished_at": datetime.now(timezone.utc),
-        "items_per_s": p.items / p.train_time if p.train_time > 0 else None,
-    })
-    store.write_metrics(spec.task, spec.run_id, training.metric_rows)
-    store.write_arrays(spec.task, spec.run_id, training.array_rows)
-    store.write_run(record)  # last: its presence marks the run complete
-    return RunResult(spec.run_id, status, error, training.final_metrics(), p.elapsed, task_entry.main_metric or "")
+    result = RunResult(spec.run_id, status, error, training.final_metrics(), p.elapsed, task_entry.main_metric or "")
+    if world().is_main:
+        record.update({
+            "status": status, "error": error, "steps_done": training.steps_done(status),
+            "wall_time_s": p.elapsed, "finished_at": datetime.now(timezone.utc),
+            "items_per_s": p.items / p.train_time if p.train_time > 0 else None,
+        })
+        store.write_metrics(spec.task, spec.run_id, training.metric_rows)
+        store.write_arrays(spec.task, spec.run_id, training.array_rows)
+        store.write_run(record)  # last: its presence marks the run complete
+    return broadcast_object(result)  # after rank 0 wrote: every rank returns rank 0's result

@@ -63,6 +63,7 @@ RUNS_SCHEMA = pa.schema([
     ("wall_time_s", pa.float64()),
     ("items_per_s", pa.float64()),
     ("device", pa.string()),
+    ("world_size", pa.int64()),  # processes of a data-parallel run, one per device (null in old stores: 1)
     ("hostname", pa.string()),
     ("git_commit", pa.string()),
     ("git_dirty", pa.bool_()),

@@ -2,8 +2,11 @@
 
 ``build_site(results, out, suite=None)`` writes::
 
-    index.html              one table per suite (method configs x task variants, mean rank), tasks, methods
-    tasks/<task>.html       every config with mean +/- 95% CI over seeds, quality + collapse metrics, Pareto plot
+    index.html              per suite a defaults table (method configs x task variants, mean rank with its
+                            bootstrap interval, "≈" between neighbours the data cannot separate) and, after
+                            `vqbench tune`, a tuned table (selected parameters, sensitivity); tasks, methods
+    tasks/<task>.html       every config with mean +/- 95% CI over seeds, quality + collapse metrics, Pareto plot;
+                            per tuning, a robustness plot (validation metric of every trial) and the trials
     methods/<method>.html   description, citation, differences from the reference, defaults, results across tasks
     runs/<run_id>.html      spec, provenance, curves, usage histogram, spectra, the command that reproduces it
     findings.html           figures of the collapse reproductions (results/findings/<name>/)
@@ -11,9 +14,10 @@
     downloads.html          CSV + Parquet of every table shown (files under data/)
     assets/site.css, assets/site.js
 
-One module writes each page (``page_index``, ``page_task``, ``page_method``, ``page_run``,
+One module writes each page (``page_index``, ``page_task`` with ``page_tuning``, ``page_method``, ``page_run``,
 ``page_findings``, ``page_performance``, ``page_downloads``); they share :mod:`.context` (page frame,
-links, lookups) and :mod:`.html` (escaping, number formats, cells).
+links, lookups) and :mod:`.html` (escaping, number formats, cells). :mod:`.tracks` tells the defaults and
+tuned tracks and the trials apart; :mod:`.ranking` and :mod:`.rank_marks` give the rank uncertainty.
 Pages link with relative URLs only, so the folder works from ``file://`` and from any static host.
 Every string that comes from a run or a plugin is HTML-escaped; no data is embedded in ``<script>``;
 each page carries a Content-Security-Policy that allows only the site's own script and stylesheet,

@@ -1,4 +1,12 @@
-"""``index.html``: one matrix per suite (method configs x task variants, mean rank), then tasks and methods."""
+"""``index.html``: per suite its tables (method configs x task variants, mean rank and its uncertainty), then
+tasks and methods.
+
+A suite has a **defaults** table (its ``vqbench sweep run`` runs) and, once ``vqbench tune`` ran on it, a
+**tuned** table: one row per method, each cell the configuration its tuning selected on that task (the
+columns ignore the learning rate, which is tuned), with the selected parameters, a link to the trials and
+the method's sensitivity (IQR of the validation metric over its trials). Every table gets the mean rank's
+95% bootstrap interval and "≈" marks between neighbours (:mod:`.rank_marks`).
+"""
 
 from __future__ import annotations
 
@@ -99,22 +107,25 @@ def suite_section(site: SiteContext, suite: str) -> str:
             table = f'<details><summary>Show the ad-hoc matrix ({summary})</summary>{table}</details>'
         return f'{head}<p class="note">{what} {summary}</p>{table}</section>'
     tuning = data.tunings.get(suite)
-    counts = "/".join(str(n) for n in tuning.trial_counts) if tuning and tuning.trial_counts else "?"
+    counts = "/".join(str(n) for n in tuning.trial_counts) if tuning else ""
     parts = [head, f'<p class="note">Two tracks: the <b>defaults</b> (<code>vqbench sweep run {escape(suite)}'
              '</code>: each method as registered) and the <b>tuned</b> configurations (<code>vqbench tune '
-             f'{escape(suite)} --trials {escape(counts)}</code>: the same number of trials for every method, the '
-             'best by its validation metric rerun at fresh seeds). Compare methods within a table.</p>']
+             f'{escape(suite)}{" --trials " + escape(counts) if counts else ""}</code>: the same number of trials '
+             'for every method, the best by its validation metric rerun at fresh seeds). Compare methods within '
+             'a table.</p>']
     if not defaults.empty:
         summary, table = track_table(site, suite, defaults, TRACK_DEFAULTS)
-        parts.append(f'<h3 id="suite-{escape(slug(suite))}-defaults">Defaults</h3>'
-                     f'<p class="note">{what} {summary}</p>{table}')
+        parts.append(f'<h3 id="suite-{escape(slug(suite))}-defaults">Defaults</h3><p class="note">Runs tagged '
+                     f'<code>suite:{escape(suite)}</code> without <code>tuned:{escape(suite)}</code>. {summary}</p>'
+                     f'{table}')
     summary, table = track_table(site, suite, tuned, TRACK_TUNED)
-    parts.append(f'<h3 id="suite-{escape(slug(suite))}-tuned">Tuned ({escape(counts)} trials)</h3>'
+    title = f"Tuned ({counts} trials)" if counts else "Tuned"
+    parts.append(f'<h3 id="suite-{escape(slug(suite))}-tuned">{escape(title)}</h3>'
                  f'<p class="note">{TUNED_HOW_TO_READ} {summary}</p>{table}')
     return "".join(parts) + "</section>"
 
 
-def _track_keys(site: SiteContext, runs: pd.DataFrame, track: str) -> pd.DataFrame:
+def _track_keys(runs: pd.DataFrame, track: str) -> pd.DataFrame:
     """``runs`` with the table's row key (``method_config``) and column key (``variant_key``) of ``track``:
     defaults: (method, version, params) x task variant; tuned: (method, version) x task variant without lr."""
     if track == TRACK_TUNED:
@@ -131,7 +142,7 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
     data = site.data
     tuned = track == TRACK_TUNED
     tuning = data.tunings.get(suite) if tuned else None
-    runs = _track_keys(site, runs, track)
+    runs = _track_keys(runs, track)
     ok = runs[runs["status"] == "ok"]
     grouped = ok.groupby("config_key")["main_value"]
     mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
@@ -186,20 +197,20 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
     body, records = [], []
     above_label = ""
     for row in order:
-        method_config = json.loads(row.method_config)
+        record: dict[str, Any]
         if tuned:
-            knobs = _union_knobs(tuning, [c.task for c in columns], row.method)
-            params_label = knobs_text(knobs)
-            params = {}
-        else:
-            params = parse_json(method_config[2])
-            params_label = site.params_labels.get(row.config_key, "")
-        cells, present, missing, spreads = [], 0, [], []
-        record: dict[str, Any] = {"suite": suite, "method": row.method, "family": row.method_family,
-                                  "method_params": json.dumps(params, sort_keys=True), "params_label": params_label}
-        if tuned:
+            params_label = knobs_text(_union_knobs(tuning, [c.task for c in columns], row.method))
+            info = data.methods.get(row.method)
+            if info and len(info.versions) > 1:
+                params_label = f"v{json.loads(row.method_config)[1]}; {params_label}"
             record = {"suite": suite, "track": "tuned", "method": row.method, "family": row.method_family,
                       "tuned": params_label}
+        else:
+            params = parse_json(json.loads(row.method_config)[2])
+            params_label = site.params_labels.get(row.config_key, "")
+            record = {"suite": suite, "method": row.method, "family": row.method_family,
+                      "method_params": json.dumps(params, sort_keys=True), "params_label": params_label}
+        cells, present, missing, spreads = [], 0, [], []
         for column in columns:
             key = config_at.get((row.method_config, column.variant_key))
             column_name = column.task + (f" [{labels[column.variant_key]}]" if labels[column.variant_key] else "")
@@ -216,8 +227,9 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
             extra = status_badges(counts)
             if tuned and key is not None:
                 selected = _selected_text(site, key)
-                extra += (f'<small class="chosen" title="selected parameters">{escape(selected)} '
-                          f'<a href="{url(_trials_href(site, suite, column.task, row.method))}">trials</a></small>')
+                trials = (f' <a href="{url(_trials_href(site, suite, column.task, row.method))}">trials</a>'
+                          if tuning and tuning.has_trials(column.task, row.method) else "")
+                extra += f'<small class="chosen" title="selected parameters">{escape(selected)}{trials}</small>'
                 record[f"{column_name} selected"] = selected
             cells.append(stat_cell(cell_mean, cell_ci, cell_n, href=href, extra=extra))
             record.update({f"{column_name} mean": cell_mean, f"{column_name} ci95": cell_ci,

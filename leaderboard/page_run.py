@@ -169,8 +169,8 @@ def run_page(chunk: RunChunk, run: dict[str, Any], curves: Curves, arrays: dict[
     suite_links = ", ".join(
         [f'<a href="../index.html#suite-{url(slug(s))}">{escape(s)}</a>' for s in run["default_suites"]]
         + [f'<a href="../index.html#suite-{url(slug(s))}-tuned">{escape(s)} (tuned)</a>' for s in run["tuned_suites"]]
-        + [f'<a href="{url(ROOT + "tasks/" + task.slug + ".html#" + trials_anchor(s, run["method"]))}">trial '
-           f'{escape(trial_index(tag_list(run["tags"])))} of tuning {escape(s)}</a>' for s in run["trial_of"]])
+        + [f'<a href="{url(ROOT + "tasks/" + task.slug + ".html#" + trials_anchor(s, run["method"]))}">'
+           f'{escape(_trial_text(run))} of tuning {escape(s)}</a>' for s in run["trial_of"]])
     parts = [f'<h1>Run {escape(run_id)}</h1>',
              f'<p class="lead">{chunk.links.method(run["method"], ROOT)} <span class="params">({escape(params_label)})'
              f'</span> on {chunk.links.task(run["task"], ROOT)}, seed {int(run["seed"])} '
@@ -188,6 +188,12 @@ def run_page(chunk: RunChunk, run: dict[str, Any], curves: Curves, arrays: dict[
     parts.append(f'<h2>Provenance</h2><table class="prov"><tbody>{_provenance_rows(run)}</tbody></table>')
     parts.append(f'<h2>Spec</h2><pre>{escape(_spec_text(run))}</pre>')
     return chunk.frame.render(f"Run {run_id}", "".join(parts), ROOT, script=False)
+
+
+def _trial_text(run: dict[str, Any]) -> str:
+    """``trial 3`` (the run's ``trial:3`` tag), or ``a trial`` without one."""
+    index = trial_index(tag_list(run["tags"]))
+    return "a trial" if index is None else f"trial {index}"
 
 
 def _final_metrics(task: TaskInfo, run: dict[str, Any], metric_columns: list[str], last_step: Any) -> str:

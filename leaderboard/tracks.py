@@ -168,6 +168,10 @@ class Tuning:
         rows = self.selection[(self.selection["task"] == task) & (self.selection["method"] == method)]
         return list(rows["knobs"].iloc[0]) if len(rows) else None
 
+    def has_trials(self, task: str, method: str) -> bool:
+        """Whether the store holds trials of (task, method) (their listing exists on the task page)."""
+        return bool(((self.trials["task"] == task) & (self.trials["method"] == method)).any())
+
     def spread(self, task: str, method: str) -> tuple[float, int, int]:
         """(IQR of the validation main metric over ok trials, ok trials, trials) of (task, method)."""
         rows = self.selection[(self.selection["task"] == task) & (self.selection["method"] == method)]

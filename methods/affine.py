@@ -23,6 +23,12 @@ defaults from its README example: ``beta=0.98``, ``affine_lr=10``, ``sync_nu=0.2
 Differences from vqtorch: no dead-code replacement (its README example sets ``replace_freq=20``), no k-means init,
 input/codebook norms or groups (those mechanisms are studied by other registered names); the alternating step runs
 inside ``forward`` (vqtorch's ``inplace_optimizer`` hooks the backward pass).
+
+Data-parallel runs: ``affine="running"`` updates its statistics with the global batch's mean and biased variance
+(sums over ranks, as vector-quantize-pytorch's ``sync_affine_param``); the alternating step uses the global batch's
+gradient (each rank's gradient of its mean, weighted by its share of the rows, summed over ranks), so the velocity
+and the codebook stay one on every rank; ``init="data"`` uses the global batch. The learned affine and the
+synchronized commitment change only parameters. Exact up to float rounding.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.methods.base import CodebookQuantizer, nearest_code, straight_through
+from vqbench.distributed import all_reduce_sum_, global_rows
+from vqbench.methods.base import DATA_INIT_SYNC, CodebookQuantizer, nearest_code, straight_through
+from vqbench.methods.sync import distributed
 from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
@@ -56,7 +64,14 @@ class AffineVQ(CodebookQuantizer):
     (N(0, 1), the reference ``nn.Embedding``), ``"uniform"`` (U(-1/K, 1/K)), times ``init_scale`` plus
     ``init_offset``; ``"data"`` draws it with :func:`vqbench.methods.base.data_relative_codes` on the first training
     batch.
+
+    ``distributed_sync``: the class lists every entry, an instance those of its settings.
     """
+
+    distributed_sync = ("affine='running': batch mean and variance of the latents over the global batch (sums over "
+                        "ranks)",
+                        "alternating: the inner codebook gradient summed over ranks (each weighted by its row share)",
+                        DATA_INIT_SYNC)
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.98, sync_nu: float = 0.2,
                  affine: str = "learned", affine_lr: float = 10.0, momentum: float = 0.1, alternating: bool = False,
@@ -69,6 +84,10 @@ class AffineVQ(CodebookQuantizer):
             raise ValueError(f"affine must be one of {AFFINES}, got {affine!r}")
         self.beta, self.nu, self.affine, self.affine_lr, self.momentum = beta, sync_nu, affine, affine_lr, momentum
         self.alternating, self.alt_lr, self.alt_momentum = alternating, alt_lr, alt_momentum
+        running, alternate, data = type(self).distributed_sync
+        self.distributed_sync = tuple(sentence for sentence, on in
+                                      ((running, affine == "running"), (alternate, alternating), (data, init == "data"))
+                                      if on)
         self.embedding = nn.Parameter(self.initial_codes())
         if affine == "learned":
             self.affine_scale = nn.Parameter(torch.zeros(dim))
@@ -100,7 +119,12 @@ class AffineVQ(CodebookQuantizer):
 
     @torch.no_grad()
     def _update_running_stats(self, flat: Tensor) -> None:
-        z_mean, z_var = flat.mean(0), flat.var(0, unbiased=False)
+        if distributed():  # the global batch's mean and (biased) variance: sums over ranks
+            n = max(global_rows(flat.shape[0], flat.device), 1)
+            z_mean = all_reduce_sum_(flat.sum(0)) / n
+            z_var = all_reduce_sum_((flat - z_mean).pow(2).sum(0)) / n
+        else:
+            z_mean, z_var = flat.mean(0), flat.var(0, unbiased=False)
         c_mean, c_var = self.embedding.mean(0), self.embedding.var(0, unbiased=False)
         m = 1.0 if not bool(self.stats_initialised) else self.momentum
         for buf, new in ((self.z_mean, z_mean), (self.z_var, z_var), (self.c_mean, c_mean), (self.c_var, c_var)):
@@ -111,6 +135,8 @@ class AffineVQ(CodebookQuantizer):
         with torch.enable_grad():
             inner = F.mse_loss(self.decode_indices(indices), flat.detach())
             (grad,) = torch.autograd.grad(inner, [self.embedding])
+        if distributed():  # the global batch's gradient: this rank's share of the global mean, summed over ranks
+            grad = all_reduce_sum_(grad * (flat.shape[0] / global_rows(flat.shape[0], flat.device)))
         with torch.no_grad():
             self.alt_velocity.mul_(self.alt_momentum).add_(grad)
             self.embedding.sub_(self.alt_lr * self.alt_velocity)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vqbench.distributed import all_reduce_sum_, global_rows
+from vqbench.methods.sync import distributed, shared_random_stream
 from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 
 # Largest number of distance entries (rows x codes) one chunk of the nearest-code search may hold:
@@ -19,8 +21,9 @@ CPU_SEARCH_BLOCK_CODES = 1024
 CPU_SEARCH_BLOCK_ELEMENTS = 2**20
 ROW_MIN_GROUP = 64  # columns per group of the two-level row minimum on CPU (see ``_row_min``)
 
-__all__ = ["CODEBOOK_INITS", "SEARCH_CHUNK_ELEMENTS", "CodebookQuantizer", "blocked_argmin", "data_relative_codes",
-           "max_inner_product", "nearest_code", "search_block", "squared_norms", "straight_through"]
+__all__ = ["CODEBOOK_INITS", "DATA_INIT_SYNC", "SEARCH_CHUNK_ELEMENTS", "CodebookQuantizer", "blocked_argmin",
+           "data_relative_codes", "max_inner_product", "nearest_code", "search_block", "squared_norms",
+           "straight_through"]
 
 
 def search_block(device: torch.device, n: int, k: int) -> tuple[int, int]:
@@ -152,15 +155,34 @@ def data_relative_codes(z: Tensor, codebook_size: int, scale: float, offset: flo
     per-dimension mean and std of ``z``. ``scale=1, offset=0`` spreads the codes like the data; a small
     ``scale`` squeezes them into a ball much narrower than the data and ``offset`` moves them away from the
     data's mean (tokens collapse appears when either restricts the initial codebook).
+
+    In a data-parallel run ``z`` is this rank's part of the batch: ``mu`` and ``sigma`` are those of the global
+    batch (sums over ranks) and ``eps`` comes from rank 0's random stream, so every rank draws the same codes.
     """
     z = z.detach().reshape(-1, z.shape[-1]).float()
-    mu = z.mean(dim=0)
-    sigma = z.std(dim=0).clamp_min(1e-6) if z.shape[0] > 1 else torch.ones_like(mu)
-    eps = torch.randn(codebook_size, z.shape[-1], device=z.device)
+    if distributed():
+        mu, sigma = _global_mean_std(z)
+    else:
+        mu = z.mean(dim=0)
+        sigma = z.std(dim=0).clamp_min(1e-6) if z.shape[0] > 1 else torch.ones_like(mu)
+    with shared_random_stream(z.device):
+        eps = torch.randn(codebook_size, z.shape[-1], device=z.device)
     return mu + offset * sigma + scale * sigma * eps
 
 
+def _global_mean_std(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and unbiased std (floored at 1e-6; ones for a single row) of the rows of all ranks."""
+    n = global_rows(z.shape[0], z.device)
+    mu = all_reduce_sum_(z.sum(dim=0)) / max(n, 1)
+    if n <= 1:
+        return mu, torch.ones_like(mu)
+    squares = all_reduce_sum_((z - mu).pow(2).sum(dim=0))
+    return mu, (squares / (n - 1)).sqrt().clamp_min(1e-6)
+
+
 CODEBOOK_INITS = ("normal", "uniform", "data")
+#: the ``distributed_sync`` sentence of the restricted-init knob's ``init="data"`` (see :func:`data_relative_codes`)
+DATA_INIT_SYNC = "init='data': the first batch's mean and std summed over ranks; the draws from rank 0's stream"
 
 
 class CodebookQuantizer(Quantizer):

@@ -22,6 +22,15 @@ Training only, after the lookup (the reference's exact order and constants):
 Not included: the reference's optional contrastive loss (``contras_loss``, off by default) and its one-shot
 ``first_batch`` mode. Ties in the lookup and the anchors go to the lowest index (the reference's sort leaves
 them unspecified). All similarity work is chunked (no N x K matrix beyond a bounded chunk).
+
+Data-parallel runs (rank ``r`` holds part of each global batch): every step's state change is the one of a single
+process with the global batch. The usage ``p_k`` counts the global batch (counts summed over ranks, over the global
+row count); ``closest`` anchors: each rank finds its most similar row per code, the most similar of those over ranks
+wins (ties: the lowest rank, i.e. the lowest global row) and is copied from its rank; ``random``: the pool draws
+rows of the global batch (positions from rank 0's random stream, rows fetched from their ranks; a batch of at most
+K rows is gathered whole); ``probrandom``: the batch is gathered and the draw made from rank 0's stream (every rank
+computes the K x N softmax of the global batch). Exact up to float rounding (a ``closest`` near-tie across ranks is
+compared on recomputed similarities).
 """
 
 from __future__ import annotations
@@ -30,13 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqbench.distributed import all_gather_rows, all_reduce_sum_, global_rows, world
 from vqbench.methods.base import (
+    DATA_INIT_SYNC,
     SEARCH_CHUNK_ELEMENTS,
     CodebookQuantizer,
     max_inner_product,
     nearest_code,
     straight_through,
 )
+from vqbench.methods.sync import distributed, row_offset, rows_at, shared_random_stream
 from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
@@ -59,6 +71,11 @@ class ClusteredVQ(CodebookQuantizer):
     (:func:`vqbench.methods.base.data_relative_codes` on the first training batch).
     """
 
+    distributed_sync = ("usage (embed_prob): code counts summed over ranks over the global row count",
+                        "anchors: chosen among the global batch's rows (closest: best over ranks; random/probrandom: "
+                        "draws from rank 0's random stream)",
+                        DATA_INIT_SYNC)
+
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, decay: float = 0.99,
                  distance: str = "cos", anchor: str = "closest", init: str = "uniform", init_scale: float = 1.0,
                  init_offset: float = 0.0) -> None:
@@ -70,6 +87,7 @@ class ClusteredVQ(CodebookQuantizer):
         if not 0.0 <= decay < 1.0:
             raise ValueError("decay must be in [0, 1)")
         self.beta, self.decay, self.distance, self.anchor = beta, decay, distance, anchor
+        self.distributed_sync = type(self).distributed_sync[:2] + (DATA_INIT_SYNC,) * (init == "data")
         k = codebook_size
         self.embedding = nn.Parameter(self.initial_codes(placeholder="uniform"))
         self.register_buffer("embed_prob", torch.zeros(k))
@@ -91,11 +109,33 @@ class ClusteredVQ(CodebookQuantizer):
 
     @torch.no_grad()
     def anchors(self, flat: Tensor, codes: Tensor) -> Tensor:
-        """One anchor per code (K, dim) from the batch ``flat`` (N, dim)."""
+        """One anchor per code (K, dim) from the batch ``flat`` (N, dim) (in a data-parallel run: from the global
+        batch, of which ``flat`` is this rank's part; see the module docstring)."""
         if self.anchor == "closest":  # most similar batch feature for each code: the lookup with roles swapped
-            return flat[self.lookup(codes, flat)]
+            best = flat[self.lookup(codes, flat)]
+            return self._closest_over_ranks(codes, best) if distributed() else best
         if self.anchor == "random":
             return self._pool_query(flat)
+        flat = all_gather_rows(flat)  # "probrandom": a softmax over the global batch's rows
+        with shared_random_stream(flat.device):
+            return self._probrandom(flat, codes)
+
+    def _closest_over_ranks(self, codes: Tensor, best: Tensor) -> Tensor:
+        """Each code's most similar row over all ranks, from each rank's most similar row ``best`` (K, dim).
+
+        Ties go to the lowest rank (the lowest global row, as the single-process lookup); each anchor is copied
+        exactly from the rank that holds it.
+        """
+        if self.distance == "cos":
+            similarity = (self._prepared(codes) * self._prepared(best)).sum(dim=1)
+        else:
+            similarity = -(codes - best).pow(2).sum(dim=1)
+        winner = all_gather_rows(similarity.unsqueeze(0)).argmax(dim=0)  # (K,): first maximum = lowest rank
+        mine = (winner == world().rank).unsqueeze(1)
+        return all_reduce_sum_(torch.where(mine, best, torch.zeros_like(best)))
+
+    def _probrandom(self, flat: Tensor, codes: Tensor) -> Tensor:
+        """Per code, a row of ``flat`` drawn from ``softmax_i(sim(x_i, c_k))`` (K x N in chunks)."""
         x, c = self._prepared(flat), self._prepared(codes)
         picks = torch.empty(codes.shape[0], dtype=torch.long, device=flat.device)
         rows = max(1, SEARCH_CHUNK_ELEMENTS // max(flat.shape[0], 1))
@@ -109,23 +149,31 @@ class ClusteredVQ(CodebookQuantizer):
     def _pool_query(self, flat: Tensor) -> Tensor:
         """The reference FeaturePool.query: keep K past features; a batch larger than K replaces the whole pool
         by K features drawn with replacement; a smaller one fills free slots, then overwrites random slots."""
-        k, n = self.codebook_size, flat.shape[0]
+        k = self.codebook_size
+        offset, n = row_offset(flat.shape[0], flat.device)  # n: the global batch's rows
         count = int(self.pool_count)
         if n > k:
-            self.pool.copy_(flat[torch.randint(0, n, (k,), device=flat.device)])
+            with shared_random_stream(flat.device):
+                picks = torch.randint(0, n, (k,), device=flat.device)
+            self.pool.copy_(rows_at(flat, picks, offset))
             self.pool_count.fill_(k)
-        elif count < k:
+            return self.pool.clone()
+        flat = all_gather_rows(flat)  # at most K rows: the global batch
+        if count < k:
             take = min(n, k - count)  # the reference overflows here when count + n > K; we fill what fits
             self.pool[count:count + take] = flat[:take]
             self.pool_count.fill_(count + take)
         else:
-            self.pool[torch.randperm(k, device=flat.device)[:n]] = flat
+            with shared_random_stream(flat.device):
+                slots = torch.randperm(k, device=flat.device)[:n]
+            self.pool[slots] = flat
         return self.pool.clone()
 
     @torch.no_grad()
     def _update(self, flat: Tensor, indices: Tensor) -> Tensor:
-        counts = torch.bincount(indices, minlength=self.codebook_size).to(flat.dtype)
-        self.embed_prob.mul_(self.decay).add_(counts / max(flat.shape[0], 1), alpha=1 - self.decay)
+        counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).to(flat.dtype))
+        n = global_rows(flat.shape[0], flat.device)  # the global batch's counts and rows
+        self.embed_prob.mul_(self.decay).add_(counts / max(n, 1), alpha=1 - self.decay)
         rate = torch.exp(-(self.embed_prob * self.codebook_size * 10) / (1 - self.decay) - 1e-3).unsqueeze(1)
         anchors = self.anchors(flat, self.embedding)
         self.embedding.copy_(self.embedding * (1 - rate) + anchors * rate)

@@ -95,7 +95,12 @@ class RoundSTE(torch.autograd.Function):
                              "(tan, 1 - eps) by default, with vector-quantize-pytorch's atanh bound as an option.",
                  levels=None, bound="paper")
 class FSQuantizer(Quantizer):
-    """Finite scalar quantization; ``codebook_size`` becomes ``prod(levels)``."""
+    """Finite scalar quantization; ``codebook_size`` becomes ``prod(levels)``.
+
+    Stateless (its buffers are constants of the levels): nothing to keep in sync across ranks.
+    """
+
+    distributed_sync: tuple[str, ...] = ()
 
     def __init__(self, dim: int, codebook_size: int, levels: list[int] | None = None, bound: str = "paper") -> None:
         super().__init__()

@@ -25,6 +25,14 @@ activation checkpointing (each chunk is recomputed in backward with the same Gum
 state is restored), so neither forward nor backward holds more than a few chunk-sized ``rows x K``
 tensors (logits, noise, soft sample: measured ~0.6 GiB peak above the parameters for K = 2^20, N = 512 on
 CPU, where one ``N x K`` float32 matrix alone is 2 GiB). Compute stays O(N K dim), twice in training.
+
+Data-parallel runs (:attr:`GumbelQuantizer.distributed_sync`): the state is the step and tau, set by ``on_step``
+identically on every rank; the parameters follow the averaged gradients. The Gumbel noise is the one thing to
+share: in training each rank draws, from rank 0's generator (:func:`vqbench.methods.sync.shared_random_stream`),
+the noise of every chunk of the *global* batch and keeps its own rows
+(:func:`vqbench.methods.ops.map_global_row_chunks`), so R ranks at B/R rows draw exactly what one process at B
+rows draws (each rank generates the whole batch's noise: O(B K) draws per rank). The KL term is a mean over rows,
+whose rank average is the global mean: no collective.
 """
 
 from __future__ import annotations
@@ -35,7 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.methods.ops import kl_to_uniform, map_row_chunks, neg_sq_distances, sample_codes
+from vqbench.methods.ops import (
+    Window,
+    gumbel_noise_like,
+    kl_to_uniform,
+    map_global_row_chunks,
+    map_row_chunks,
+    neg_sq_distances,
+    sample_codes,
+)
+from vqbench.methods.sync import shared_random_stream
 from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
@@ -67,6 +84,9 @@ class GumbelQuantizer(Quantizer):
     ``init_scale`` and ``init_offset`` are the restricted-initialisation knobs (``E = init_scale * N(0, 1) +
     init_offset``).
     """
+
+    distributed_sync = ("Gumbel noise: drawn for the global batch from rank 0's random stream, each rank keeping "
+                        "its rows",)
 
     def __init__(self, dim: int, codebook_size: int, logits: str = "linear", hard: bool = True,
                  kl_weight: float = 0.01, tau_start: float = 1.0, tau_end: float = 1.0 / 16,
@@ -106,18 +126,25 @@ class GumbelQuantizer(Quantizer):
         flat = z.reshape(-1, self.dim)
         tau, training = float(self.tau), self.training
 
-        def chunk(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        def chunk(x: Tensor, window: Window = (0, 0)) -> tuple[Tensor, Tensor, Tensor]:
             logits = self.logits(x)
             kl = kl_to_uniform(logits)
             if training:
-                z_q, index = sample_codes(logits, self.embedding.float(), tau, self.hard)
+                z_q, index = sample_codes(logits, self.embedding.float(), tau, self.hard, window)
             else:
                 index = logits.argmax(dim=-1)
                 z_q = self.embedding[index].float()
             return z_q, index, kl
 
         with torch.autocast(flat.device.type, enabled=False):
-            z_q, indices, kl_sum = map_row_chunks(chunk, flat.float(), self.codebook_size, ("cat", "cat", "sum"))
+            if training:  # the noise of the global batch, drawn from one stream on every rank (module docstring)
+                k, device = self.codebook_size, flat.device
+                with shared_random_stream(device):
+                    z_q, indices, kl_sum = map_global_row_chunks(
+                        chunk, flat.float(), k, ("cat", "cat", "sum"),
+                        skip=lambda rows: gumbel_noise_like(torch.empty(rows, k, device=device)))
+            else:
+                z_q, indices, kl_sum = map_row_chunks(chunk, flat.float(), self.codebook_size, ("cat", "cat", "sum"))
         kl = kl_sum / max(flat.shape[0], 1)
         return QuantizeOutput(z_q.to(z.dtype).reshape(z.shape), indices.reshape(z.shape[:-1]), self.kl_weight * kl,
                               {"kl_uniform": kl.detach(), "tau": self.tau.detach().clone()})

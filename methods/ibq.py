@@ -21,6 +21,10 @@ property of the training loop, not of the quantizer) and no index remapping (``r
 Memory: the soft one-hot is N x K. It is never materialised whole: rows are processed in chunks of at most
 ``SEARCH_CHUNK_ELEMENTS`` logits under activation checkpointing, so the backward pass recomputes one chunk at a
 time (peak extra memory O(chunk), any K; K = 65536 with N = 16384 needs 64 chunks of 256 rows).
+
+Data-parallel runs: the batch entropy ``H(mean_i p_i)`` is the global batch's (``sum_i p_i`` summed over ranks by a
+differentiable all-reduce, divided by the global row count; with the runner's gradient average the gradient is the
+single-process one); every other term is a mean over rows. Exact up to float rounding.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, CodebookQuantizer, max_inner_product
+from vqbench.distributed import differentiable_sum, global_rows
+from vqbench.methods.base import DATA_INIT_SYNC, SEARCH_CHUNK_ELEMENTS, CodebookQuantizer, max_inner_product
 from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
@@ -61,15 +66,24 @@ def soft_one_hot_path(x: Tensor, codes: Tensor) -> Tensor:
     return torch.cat(parts) if parts else x * 0
 
 
-def entropy_penalty(x: Tensor, codes: Tensor, temperature: float, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """(mean per-sample entropy, entropy of the mean distribution), chunked and checkpointed."""
+def entropy_penalty(x: Tensor, codes: Tensor, temperature: float, eps: float = 1e-5,
+                    across_ranks: bool = False) -> tuple[Tensor, Tensor]:
+    """(mean per-sample entropy, entropy of the mean distribution), chunked and checkpointed.
+
+    ``across_ranks``: ``x`` is this rank's part of a data-parallel batch; the mean distribution is the global
+    batch's (probabilities summed over ranks with a differentiable all-reduce, over the global row count). The
+    per-sample mean stays this rank's: its average over ranks (the runner averages gradients) is the global one.
+    """
     t = torch.tensor(float(temperature), device=x.device)
     prob_sum, sample_sum = x.new_zeros(codes.shape[0]), x.new_zeros(())
     for a, b in _row_chunks(x.shape[0], codes.shape[0]):
         p, h = checkpoint(_entropy_sums, x[a:b], codes, t, use_reentrant=False)
         prob_sum, sample_sum = prob_sum + p, sample_sum + h
     n = max(x.shape[0], 1)
-    avg = prob_sum / n
+    if across_ranks:
+        avg = differentiable_sum(prob_sum) / max(global_rows(x.shape[0], x.device), 1)
+    else:
+        avg = prob_sum / n
     return sample_sum / n, -(avg * torch.log(avg + eps)).sum()
 
 
@@ -88,12 +102,18 @@ class IndexBackpropQuantizer(CodebookQuantizer):
     Restricted-init knob (:class:`vqbench.methods.base.CodebookQuantizer`): ``init="normal"|"uniform"|"data"``;
     ``"uniform"`` is U(-1/K, 1/K), both scaled by ``init_scale`` and shifted by ``init_offset``; ``"data"`` draws
     the codes with :func:`vqbench.methods.base.data_relative_codes` from the first training batch.
+
+    ``distributed_sync``: the class lists every entry, an instance those of its settings.
     """
+
+    ENTROPY_SYNC = "entropy term: the batch-averaged distribution summed over ranks (differentiable all-reduce)"
+    distributed_sync = (ENTROPY_SYNC, DATA_INIT_SYNC)
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_weight: float = 0.05,
                  entropy_temperature: float = 0.01, init: str = "normal", init_scale: float = 1.0,
                  init_offset: float = 0.0) -> None:
         super().__init__(dim, codebook_size, init, init_scale, init_offset)
+        self.distributed_sync = (self.ENTROPY_SYNC,) * bool(entropy_weight) + (DATA_INIT_SYNC,) * (init == "data")
         if entropy_temperature <= 0:
             raise ValueError("entropy_temperature must be > 0")
         self.beta, self.entropy_weight, self.entropy_temperature = beta, entropy_weight, entropy_temperature
@@ -114,7 +134,7 @@ class IndexBackpropQuantizer(CodebookQuantizer):
         stats = {"soft_loss": soft_loss.detach(), "commitment_loss": commitment_loss.detach(),
                  "codebook_loss": codebook_loss.detach()}
         if self.entropy_weight:
-            sample_h, batch_h = entropy_penalty(flat, codes, self.entropy_temperature)
+            sample_h, batch_h = entropy_penalty(flat, codes, self.entropy_temperature, across_ranks=self.training)
             loss = loss + self.entropy_weight * (sample_h - batch_h)
             stats.update(sample_entropy=sample_h.detach(), batch_entropy=batch_h.detach())
         return QuantizeOutput(z_q, indices, loss, stats)

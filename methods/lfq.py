@@ -37,6 +37,11 @@ How the entropies are computed (memory bounded, no ``N x K`` matrix beyond a chu
 
 ``codebook_size`` becomes the largest power of two not above the task's (``b = floor(log2 K)``).
 Entropies are computed in eval mode too (same formula; nothing is updated); no state besides projections.
+
+Data-parallel runs: in training the codebook entropy is the global batch's (each group's summed soft assignment
+summed over ranks by a differentiable all-reduce, one collective per group, divided by the global row count; with
+the runner's gradient average the gradient is the single-process one); the per-sample entropy and the commitment
+are means over rows. In eval mode each rank's entropy is its own batch's (no collective). Exact up to float rounding.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqbench.distributed import differentiable_sum, global_rows
 from vqbench.methods.ops import map_row_chunks
 from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
@@ -103,13 +109,22 @@ def _soft_assignment_sum(u: Tensor, scale: float, inv_temperature: float) -> Ten
     return map_row_chunks(outer, u, codes_a.shape[0] + codes_b.shape[0], ("sum",))[0]
 
 
-def codebook_entropy(u: Tensor, scale: float, inv_temperature: float, group_size: int | None) -> Tensor:
-    """``sum_G H(mean_n softmax_c(2 tau u_{n,G}.c))`` over bit groups ``G`` (one group when ``group_size`` is None)."""
+def codebook_entropy(u: Tensor, scale: float, inv_temperature: float, group_size: int | None,
+                     across_ranks: bool = False) -> Tensor:
+    """``sum_G H(mean_n softmax_c(2 tau u_{n,G}.c))`` over bit groups ``G`` (one group when ``group_size`` is None).
+
+    ``across_ranks``: ``u`` is this rank's part of a data-parallel batch; the means are over the global batch (sums
+    over ranks by a differentiable all-reduce, over the global row count).
+    """
     n, b = u.shape
+    if across_ranks:
+        n = global_rows(n, u.device)
     g = b if group_size is None else group_size
     total = u.new_zeros(())
     for start in range(0, b, g):
         prob_sum = _soft_assignment_sum(u[:, start:start + g], scale, inv_temperature)
+        if across_ranks:
+            prob_sum = differentiable_sum(prob_sum)
         total = total + entropy(prob_sum / max(n, 1))
     return total
 
@@ -129,6 +144,8 @@ class LookupFreeQuantizer(Quantizer):
     """LFQ; ``spherical=True`` (used by :class:`BinarySphericalQuantizer`) turns it into BSQ."""
 
     spherical = False
+    distributed_sync = ("codebook (batch) entropy: the batch-averaged soft assignment of each bit group summed over "
+                        "ranks (differentiable all-reduce) over the global row count",)
 
     def __init__(self, dim: int, codebook_size: int, entropy_weight: float = 0.1, diversity_gamma: float = 1.0,
                  commitment_weight: float = 0.25, inv_temperature: float = 100.0, scale: float = 1.0,
@@ -169,7 +186,8 @@ class LookupFreeQuantizer(Quantizer):
             # p(c_i = +s | u_i) = sigmoid(4 tau s u_i): exact per-sample entropy, summed over bits
             logits = 4 * self.inv_temperature * self.scale * u
             sample_entropy = binary_entropy_from_logit(logits).sum(-1).mean()
-            batch_entropy = codebook_entropy(u, self.scale, self.inv_temperature, self.entropy_group_size)
+            batch_entropy = codebook_entropy(u, self.scale, self.inv_temperature, self.entropy_group_size,
+                                             across_ranks=self.training)
             commitment = F.mse_loss(u, q)
             entropy_loss = self.sample_entropy_weight * sample_entropy - self.diversity_gamma * batch_entropy
             loss = self.entropy_weight * entropy_loss + self.commitment_weight * commitment

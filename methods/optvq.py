@@ -27,6 +27,12 @@ sub-vectors over one shared codebook, which gives several indices per vector: ou
 per vector), no k-means init of the codebook from a pretrained encoder's embeddings (the reference's offline
 ``use_initiate: kmeans`` pre-pass, faiss, 100 iterations per class), no ``start_quantize_steps``. The N x K cost is
 never held whole: every pass recomputes bounded row chunks (n_iters + 2 passes when it does not fit one chunk).
+
+Data-parallel runs: in training the transport problem is the global batch's, as one process with the whole batch
+solves it (:func:`sinkhorn_assign` with ``across_ranks``): the cost normalisation and the code marginals are summed
+over ranks, the sample marginals stay per row, so each rank gets its rows' indices of the global plan. Exact up to
+float rounding (a code marginal is a log-sum-exp over ranks of per-rank log-sum-exps). In eval mode each rank
+assigns its own batch (no collective; with ``eval_assign="sinkhorn"`` a batch's assignment depends on the batch).
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, CodebookQuantizer, nearest_code, straight_through
+from vqbench.distributed import all_reduce_sum_, global_rows
+from vqbench.methods.base import (
+    DATA_INIT_SYNC,
+    SEARCH_CHUNK_ELEMENTS,
+    CodebookQuantizer,
+    nearest_code,
+    straight_through,
+)
+from vqbench.methods.sync import logsumexp_over_ranks, min_over_ranks
 from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
@@ -49,7 +63,8 @@ def _distances(x: Tensor, codes: Tensor, code_sq: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: int = 5, guard: float = 1e-8,
-                    chunk_elements: int = SEARCH_CHUNK_ELEMENTS, return_plan: bool = False):
+                    chunk_elements: int = SEARCH_CHUNK_ELEMENTS, return_plan: bool = False,
+                    across_ranks: bool = False):
     """OptVQ assignment of rows of ``x`` (N, d) to ``codes`` (K, d); see the module docstring for the rule.
 
     The plan is ``Q_ik = exp(L_ik + f_i + g_k)`` with ``L = -epsilon A`` and log-scalings ``f`` (samples) and
@@ -57,10 +72,16 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
     denominator (``log(s + guard) = logaddexp(log s, log guard)``; ``guard=0`` is plain Sinkhorn-Knopp).
     Returns the indices (N,) and, with ``return_plan`` (small inputs only: it is N x K), the final plan scaled
     like the reference's output (each row sums to 1, each column to about N/K).
+
+    ``across_ranks``: ``x`` is this rank's part of a data-parallel batch and the plan is the global batch's: the
+    cost normalisation (sum, sum of squares, min over all ``N K`` entries), every code marginal (``lse_i``, combined
+    over ranks by a log-sum-exp of the ranks' values) and ``log N`` are global; the sample marginals are per row.
+    One all-gather of ``K`` values per Sinkhorn round. Without a process group it changes nothing.
     """
     x, codes = x.detach().float(), codes.detach().float()
     n, k = x.shape[0], codes.shape[0]
-    if n == 0:
+    n_all = global_rows(n, x.device) if across_ranks else n  # the global batch's rows
+    if n_all == 0:
         return torch.empty(0, dtype=torch.long, device=x.device)
     centre = codes.mean(dim=0)  # distances are translation-invariant: centring avoids float32 cancellation
     x, codes = x - centre, codes - centre
@@ -83,7 +104,10 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
         total += float(d.sum(dtype=torch.float64))
         total_sq += float(d.pow(2).sum(dtype=torch.float64))
         low = min(low, float(d.min()))
-    count = n * k
+    if across_ranks:
+        sums = all_reduce_sum_(torch.tensor([total, total_sq], dtype=torch.float64, device=x.device)).tolist()
+        total, total_sq, low = sums[0], sums[1], min_over_ranks(low, x.device)
+    count = n_all * k
     mean = total / count
     std = math.sqrt(max(total_sq - total * total / count, 0.0) / max(count - 1, 1))
     a_min = (low - mean) / (std + 1e-6)
@@ -94,10 +118,15 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
     def log_guarded(log_s: Tensor) -> Tensor:  # log(s + guard)
         return torch.logaddexp(log_s, torch.tensor(math.log(guard), device=log_s.device)) if guard > 0 else log_s
 
-    log_k, log_n = math.log(k), math.log(n)
+    log_k, log_n = math.log(k), math.log(n_all)
+
+    def over_ranks(lse: Tensor) -> Tensor:  # a code marginal of this rank's rows -> of the global batch's
+        return logsumexp_over_ranks(lse) if across_ranks else lse
+
     row_lse = torch.full((k,), -math.inf, device=x.device)  # lse_i L_ik, per code
     for a, b in spans:
         row_lse = torch.logaddexp(row_lse, torch.logsumexp(log_kernel(a, b), dim=0))
+    row_lse = over_ranks(row_lse)
     f0 = -log_guarded(torch.logsumexp(row_lse, dim=0))  # Q /= (sum Q + guard)
     f = torch.full((n,), float(f0), device=x.device)
     g = torch.zeros(k, device=x.device)
@@ -115,12 +144,14 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
                 indices[a:b] = lkg.argmax(dim=1)  # argmax_k Q_ik = argmax_k (L_ik + g_k)
             else:
                 row_lse = torch.logaddexp(row_lse, torch.logsumexp(lk + f[a:b, None], dim=0))
+        if not last:
+            row_lse = over_ranks(row_lse)
     if n_iters == 0:
         for a, b in spans:
             indices[a:b] = log_kernel(a, b).argmax(dim=1)
     if not return_plan:
         return indices
-    plan = torch.cat([torch.exp(log_kernel(a, b) + f[a:b, None] + g[None, :]) for a, b in spans]) * n
+    plan = torch.cat([torch.exp(log_kernel(a, b) + f[a:b, None] + g[None, :]) for a, b in spans]) * n_all
     return indices, plan
 
 
@@ -143,6 +174,9 @@ class OptVQ(CodebookQuantizer):
     first training batch and sets ``proj`` to the identity so the initial codes are exactly those draws.
     """
 
+    distributed_sync = ("Sinkhorn (training): cost mean/std/min and code marginals over the global batch",
+                        DATA_INIT_SYNC)
+
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, epsilon: float = 10.0, n_iters: int = 5,
                  guard: float = 1e-8, use_proj: bool = True, eval_assign: str = "sinkhorn", init: str = "normal",
                  init_scale: float = 1.0, init_offset: float = 0.0) -> None:
@@ -152,6 +186,7 @@ class OptVQ(CodebookQuantizer):
         if epsilon <= 0 or n_iters < 0 or guard < 0:
             raise ValueError("epsilon must be > 0, n_iters >= 0 and guard >= 0")
         self.beta, self.epsilon, self.n_iters, self.guard, self.eval_assign = beta, epsilon, n_iters, guard, eval_assign
+        self.distributed_sync = type(self).distributed_sync[:1] + (DATA_INIT_SYNC,) * (init == "data")
         self.embedding = nn.Parameter(self.initial_codes())
         self.proj: nn.Linear | None = None
         if use_proj:
@@ -176,7 +211,8 @@ class OptVQ(CodebookQuantizer):
         with torch.no_grad():
             codebook = self.codebook()
             if self.training or self.eval_assign == "sinkhorn":
-                indices = sinkhorn_assign(flat, codebook, self.epsilon, self.n_iters, self.guard)
+                indices = sinkhorn_assign(flat, codebook, self.epsilon, self.n_iters, self.guard,
+                                          across_ranks=self.training)
             else:
                 indices = nearest_code(flat, codebook)
         codes = self.decode_indices(indices)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.methods.base import CodebookQuantizer, nearest_code, straight_through
+from vqbench.methods.base import DATA_INIT_SYNC, CodebookQuantizer, nearest_code, straight_through
 from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import register_method
 
@@ -40,12 +40,18 @@ class SimVQ(CodebookQuantizer):
     draws N(0, 1/dim), ``"uniform"`` U(-1/K, 1/K), both times ``init_scale`` plus ``init_offset``; ``"data"`` draws
     the basis with :func:`vqbench.methods.base.data_relative_codes` from the first training batch and sets ``proj``
     to the identity (``W = I``, ``b = 0``) so that the initial codes are exactly those draws.
+
+    Data-parallel runs: the frozen basis never changes and ``proj`` follows the averaged gradients; only
+    ``init="data"`` needs the global batch (``distributed_sync`` of an instance: ``()`` otherwise).
     """
+
+    distributed_sync = (DATA_INIT_SYNC,)
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, bias: bool = True, init: str = "normal",
                  init_scale: float = 1.0, init_offset: float = 0.0) -> None:
         super().__init__(dim, codebook_size, init, init_scale, init_offset)
         self.beta = beta
+        self.distributed_sync = (DATA_INIT_SYNC,) if init == "data" else ()
         self.register_buffer("basis", self.initial_codes(normal_std=dim ** -0.5))
         self.proj = nn.Linear(dim, dim, bias=bias)
 

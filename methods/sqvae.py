@@ -39,6 +39,13 @@ and made ``sigma^2`` grow instead.
 
 Memory: the ``N x K`` assignment is evaluated in row chunks of at most ``SEARCH_CHUNK_ELEMENTS`` entries,
 checkpointed in training (see :func:`vqbench.methods.ops.map_row_chunks`); eval-mode argmin is chunked likewise.
+
+Data-parallel runs (:attr:`SQVAEQuantizer.distributed_sync`): the Gumbel noise is drawn as in
+:mod:`vqbench.methods.gumbel` (the global batch's noise from rank 0's stream, each rank keeping its rows), and the
+reconstruction report is averaged over ranks (each rank reports its shard's mean squared error; shards are equal,
+so the average is the global batch's), so ``latent_scale`` is one value on every rank. The latent terms are means
+over rows (their rank average is the global mean: no collective). Exact up to float rounding: the averaged report
+sums per-rank means where one process takes one mean.
 """
 
 from __future__ import annotations
@@ -48,7 +55,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from vqbench.methods.ops import kl_to_uniform, map_row_chunks, neg_sq_distances, sample_codes
+from vqbench.distributed import all_reduce_mean_
+from vqbench.methods.ops import (
+    Window,
+    gumbel_noise_like,
+    kl_to_uniform,
+    map_global_row_chunks,
+    map_row_chunks,
+    neg_sq_distances,
+    sample_codes,
+)
+from vqbench.methods.sync import shared_random_stream
 from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
@@ -74,6 +91,10 @@ class SQVAEQuantizer(Quantizer):
     of codes, so ``decode_indices(indices)`` equals ``z_q`` in eval mode (and with ``hard=True``).
     Buffers ``rec_mse`` and ``elements_per_token`` hold the task's last report (``-1`` / ``0``: none yet).
     """
+
+    distributed_sync = ("Gumbel noise: drawn for the global batch from rank 0's random stream, each rank keeping "
+                        "its rows",
+                        "reconstruction report (rec_mse): averaged over ranks, so the latent scale is global")
 
     def __init__(self, dim: int, codebook_size: int, log_var_init: float = 0.0, weight: float = 1.0,
                  hard: bool = False, tau_init: float = 1.0, tau_decay: float = 1e-5, tau_min: float = 0.0,
@@ -118,6 +139,7 @@ class SQVAEQuantizer(Quantizer):
         if elements_per_token <= 0:
             raise ValueError(f"elements_per_token must be > 0, got {elements_per_token}")
         self.rec_mse.copy_(torch.as_tensor(mse, dtype=torch.float32).detach().reshape(()))
+        all_reduce_mean_(self.rec_mse)  # every rank reports its shard: the mean over ranks is the global batch's
         self.elements_per_token.fill_(float(elements_per_token))
 
     def latent_scale(self) -> Tensor:
@@ -132,21 +154,28 @@ class SQVAEQuantizer(Quantizer):
         tau, training = float(self.tau), self.training
         var = self.variance()
 
-        def chunk(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def chunk(x: Tensor, window: Window = (0, 0)) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             codes = self.embedding.float()
             logits = neg_sq_distances(x, codes) / (2 * var)
             kl = kl_to_uniform(logits)
             if training:
-                z_q, index = sample_codes(logits, codes, tau, self.hard)
+                z_q, index = sample_codes(logits, codes, tau, self.hard, window)
             else:
                 index = logits.argmax(dim=-1)
                 z_q = codes[index]
             distortion = (x - z_q).pow(2).sum() / (2 * var)
             return z_q, index, kl, distortion
 
+        reduce = ("cat", "cat", "sum", "sum")
         with torch.autocast(flat.device.type, enabled=False):
-            z_q, indices, kl_sum, dist_sum = map_row_chunks(chunk, flat.float(), self.codebook_size,
-                                                            ("cat", "cat", "sum", "sum"))
+            if training:  # the noise of the global batch, drawn from one stream on every rank (module docstring)
+                k, device = self.codebook_size, flat.device
+                with shared_random_stream(device):
+                    z_q, indices, kl_sum, dist_sum = map_global_row_chunks(
+                        chunk, flat.float(), k, reduce,
+                        skip=lambda rows: gumbel_noise_like(torch.empty(rows, k, device=device)))
+            else:
+                z_q, indices, kl_sum, dist_sum = map_row_chunks(chunk, flat.float(), self.codebook_size, reduce)
         n = max(flat.shape[0], 1)
         kl, distortion = kl_sum / n, dist_sum / n
         scale = self.latent_scale()

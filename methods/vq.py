@@ -76,6 +76,30 @@ rotation trick). Each has a registered preset (name: defaults) at the bottom of 
   on the first training forward by ``vqbench.methods.base.data_relative_codes(x, K, init_scale, init_offset)`` of that
   batch's (projected / normalised) inputs ``x``.
 
+Data-parallel runs (one process per device, :mod:`vqbench.distributed`; rank ``r`` holds rows ``[r B/R, (r+1) B/R)``
+of each global batch): every rank's state stays identical and equal to that of one process with the whole batch,
+the way vector-quantize-pytorch's ``sync_codebook`` and its distributed k-means work. Each instance lists what it
+syncs in ``distributed_sync`` (only its options' entries):
+
+* ``ema``: the batch's per-code counts ``n_k`` and sums ``s_k`` are summed over ranks before the EMA update (as the
+  reference's ``all_reduce`` of ``cluster_size`` and ``embed_sum``);
+* ``restart``: the usage shares use the counts summed over ranks over the global row count; dead codes are replaced
+  by rows of the *global* batch, the positions and the noise drawn from rank 0's random stream
+  (:func:`vqbench.methods.sync.shared_random_stream`) and each row fetched from the rank holding it
+  (:func:`vqbench.methods.sync.rows_at`);
+* ``kmeans_init`` and ``warmup_fraction``: the latents of every rank are gathered in rank order (the global batch)
+  before the distinct-row check and into the buffers, k-means runs on them from rank 0's random stream, and its
+  centres are broadcast from rank 0 (so nondeterministic device reductions cannot split the ranks);
+* ``entropy_weight``: ``pbar`` sums the soft assignments over ranks with a differentiable all-reduce and divides by
+  the global row count (the gradient, averaged over ranks by the runner, is the single-process one);
+* ``init="data"``: the batch mean and std are the global batch's and the draws come from rank 0's stream.
+
+The losses are means over rows (their rank average is the global mean), the straight-through paths are per row,
+and the other options (projection, l2, rotation, orthogonality penalty) change only parameters: nothing to sync.
+Collectives run only in training-mode forwards and in ``on_step`` (never in eval mode). The EMA update in a
+multi-process run adds the summed batch statistics to the decayed buffers in one step (one process adds them row
+by row): equal up to float rounding.
+
 All state (EMA statistics, usage, "initialised" flags, buffered latents, the deferred schedule) lives in buffers,
 so a module restored with ``load_state_dict`` continues identically; nothing changes in eval mode. Nearest-code
 search and k-means use ``vqbench.methods.base.nearest_code`` (bounded chunks, both sides centred on the codebook
@@ -92,8 +116,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqbench.distributed import all_gather_rows, all_reduce_sum_, broadcast_
 from vqbench.errors import UserError
-from vqbench.methods.base import data_relative_codes, nearest_code
+from vqbench.methods.base import DATA_INIT_SYNC, data_relative_codes, nearest_code
+from vqbench.methods.sync import distributed, row_offset, rows_at, shared_random_stream
 from vqbench.methods.vq_options import (
     NORM_EPS,
     kmeans,
@@ -106,6 +132,21 @@ from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
 __all__ = ["VectorQuantizer", "kmeans", "orthogonal_penalty", "rotate_to", "soft_assignment_entropy", "unit_rows"]
+
+#: what each option keeps identical across the ranks of a data-parallel run (module docstring)
+OPTION_SYNC: dict[str, str] = {
+    "ema": "ema: per-code batch counts and sums summed over ranks (all-reduce) before the EMA update",
+    "restart": "restart: usage shares from counts summed over ranks / global rows; dead codes replaced by rows of "
+               "the global batch, positions and noise drawn from rank 0's random stream",
+    "kmeans_init": "kmeans_init: k-means (seeding from rank 0's random stream) on the latents of all ranks gathered "
+                   "in rank order, centres broadcast from rank 0; buffered batches gathered the same way",
+    "warmup_fraction": "warmup_fraction: the warm-up buffer holds the latents of all ranks in rank order; k-means at "
+                       "the switch as kmeans_init",
+    "entropy_weight": "entropy_weight: the batch-averaged soft assignment summed over ranks (differentiable "
+                      "all-reduce) over the global row count",
+    "init": DATA_INIT_SYNC,
+}
+
 
 def _distinct_rows(rows: Tensor) -> int:
     """Number of distinct rows of ``rows`` (N, d)."""
@@ -125,7 +166,12 @@ class VectorQuantizer(Quantizer):
 
     The default codebook is initialised U(-1/K, 1/K) as in the reference implementation; ``init_scale``
     multiplies that range and ``init_offset`` shifts it (with ``init="data"`` they are data-relative instead).
+
+    ``distributed_sync``: the class lists every option's entry; an instance only those of its options (``()`` for
+    plain ``vq``, ``vq-l2``, ``vq-rotation``, ``vq-orthoreg``). Exact up to float rounding (tolerance 0).
     """
+
+    distributed_sync = tuple(OPTION_SYNC.values())
 
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, init: str = "uniform",
                  init_scale: float = 1.0, init_offset: float = 0.0,
@@ -173,6 +219,9 @@ class VectorQuantizer(Quantizer):
         self.orthoreg_weight = orthoreg_weight
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.warmup_fraction, self.warmup_buffer_size = warmup_fraction, warmup_buffer_size
+        active = {"ema": ema, "restart": restart, "kmeans_init": kmeans_init, "warmup_fraction": warmup_fraction > 0,
+                  "entropy_weight": entropy_weight > 0, "init": init == "data"}
+        self.distributed_sync = tuple(OPTION_SYNC[name] for name, on in active.items() if on)
 
         k, cd = codebook_size, self.code_dim
         weight = torch.empty(k, cd).uniform_(-1.0 / k, 1.0 / k) * init_scale + init_offset
@@ -258,7 +307,11 @@ class VectorQuantizer(Quantizer):
         self.latents_written += n
 
     def _kmeans(self, x: Tensor) -> Tensor:
-        return kmeans(x, self.codebook_size, self.kmeans_iters, self.kmeans_seeding, spherical=self.l2_normalize)
+        """k-means centres of ``x`` (the rows of every rank): rank 0's random stream, rank 0's result everywhere."""
+        with shared_random_stream(x.device):
+            centres = kmeans(x, self.codebook_size, self.kmeans_iters, self.kmeans_seeding,
+                             spherical=self.l2_normalize)
+        return broadcast_(centres)
 
     def _set_codebook(self, codes: Tensor, fitted: bool = False) -> None:
         """Replace the whole codebook (lookup space) and reset the statistics that describe it.
@@ -284,10 +337,11 @@ class VectorQuantizer(Quantizer):
         if self.kmeans_init and not bool(self.kmeans_done) and not self._warming_up():
             self.kmeans_batches_seen += 1
             k = self.codebook_size
+            x = all_gather_rows(x)  # the global batch: every rank's rows in rank order
             if self.kmeans_batches == 1 and int(self.latents_written) == 0 and _distinct_rows(x) >= k:
                 self._set_codebook(self._kmeans(x), fitted=True)  # the first batch suffices
             else:
-                self._append_latents(flat, capacity=None)
+                self._append_latents(all_gather_rows(flat.detach()), capacity=None)
                 seen = int(self.kmeans_batches_seen)
                 if seen < self.kmeans_batches:
                     return
@@ -309,33 +363,41 @@ class VectorQuantizer(Quantizer):
         """Training-mode codebook updates after the lookup: EMA codebook, usage, dead-code restart."""
         stats: dict[str, Tensor] = {}
         k = self.codebook_size
-        counts = torch.bincount(indices, minlength=k).to(x.dtype)
+        counts = all_reduce_sum_(torch.bincount(indices, minlength=k).to(x.dtype))  # the global batch's counts
         self.train_forwards += 1
         if self.ema:
             # in place: s <- decay s + (1 - decay) sum_{i: k_i = k} x_i, then C <- s / smoothed count (no K x d
-            # temporaries: at K = 2^20, dim 256 each copy is 1 GiB)
+            # temporaries: at K = 2^20, dim 256 each copy is 1 GiB); several ranks: the sums summed over ranks first
             self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
-            self.ema_sum.mul_(self.ema_decay).index_add_(0, indices, x, alpha=1 - self.ema_decay)
+            if distributed():
+                sums = all_reduce_sum_(x.new_zeros(k, x.shape[1]).index_add_(0, indices, x))
+                self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+            else:
+                self.ema_sum.mul_(self.ema_decay).index_add_(0, indices, x, alpha=1 - self.ema_decay)
             total = self.ema_count.sum()
             smoothed = (self.ema_count + self.ema_eps) / (total + k * self.ema_eps) * total
             codes = torch.div(self.ema_sum, smoothed.unsqueeze(1), out=self.embedding.data)
             if self.l2_normalize:
                 codes.div_(codes.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
         if self.restart:
-            n = x.shape[0]
+            offset, n = row_offset(x.shape[0], x.device)  # n: the global batch's rows
             if n > 0:
                 self.usage.mul_(self.restart_decay).add_(counts / n, alpha=1 - self.restart_decay)
             dead = torch.zeros(k, dtype=torch.bool, device=x.device)
             if int(self.train_forwards) % self.restart_interval == 0 and n > 0:
                 dead = self.usage < self.restart_threshold / k
             dead_codes = dead.nonzero().squeeze(1)
-            if dead_codes.numel() > n:  # one batch vector per code, no duplicates: the rest wait for later batches
-                dead_codes = dead_codes[torch.randperm(dead_codes.numel(), device=x.device)[:n]]
-            n_dead = dead_codes.numel()
+            n_dead = 0
+            if dead_codes.numel() > 0:
+                with shared_random_stream(x.device):  # one choice for all ranks, among the global batch's rows
+                    if dead_codes.numel() > n:  # one batch vector per code, no duplicates: the rest wait
+                        dead_codes = dead_codes[torch.randperm(dead_codes.numel(), device=x.device)[:n]]
+                    n_dead = dead_codes.numel()
+                    pick = torch.randperm(n, device=x.device)[:n_dead]
+                    noise = torch.randn(n_dead, x.shape[1], device=x.device) * (self.restart_noise /
+                                                                                math.sqrt(x.shape[1]))
             if n_dead > 0:
-                pick = torch.randperm(n, device=x.device)[:n_dead]
-                noise = torch.randn(n_dead, x.shape[1], device=x.device) * (self.restart_noise / math.sqrt(x.shape[1]))
-                new = x[pick] + noise
+                new = rows_at(x, pick, offset) + noise
                 if self.l2_normalize:
                     new = unit_rows(new)
                 self.embedding.data[dead_codes] = new.to(self.embedding.dtype)
@@ -377,9 +439,9 @@ class VectorQuantizer(Quantizer):
         indices = nearest_code(x, codes_all)
         stats: dict[str, Tensor] = {}
 
-        if self._warming_up():  # deferred quantisation: identity on z, keep recent latents
+        if self._warming_up():  # deferred quantisation: identity on z, keep recent latents (of every rank)
             if training:
-                self._append_latents(flat, capacity=self.warmup_buffer_size)
+                self._append_latents(all_gather_rows(flat.detach()), capacity=self.warmup_buffer_size)
             stats["quantizing"] = torch.tensor(0.0)
             return QuantizeOutput(z, indices.reshape(z.shape[:-1]), flat.new_zeros(()), stats)
 
@@ -396,7 +458,7 @@ class VectorQuantizer(Quantizer):
             loss = loss + self.orthoreg_weight * ortho
             stats["orthoreg"] = ortho.detach()
         if self.entropy_weight > 0:
-            entropy = soft_assignment_entropy(x, codes_all, self.entropy_temperature)
+            entropy = soft_assignment_entropy(x, codes_all, self.entropy_temperature, across_ranks=training)
             loss = loss + self.entropy_weight * (math.log(self.codebook_size) - entropy)
             stats["assignment_entropy"] = entropy.detach()
         grad_path = rotate_to(x, e) if self.rotation else x

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from vqbench.distributed import differentiable_sum, global_rows
 from vqbench.methods.base import SEARCH_CHUNK_ELEMENTS, nearest_code
 
 NORM_EPS = 1e-6  # floor of vector norms in the rotation trick and in l2 normalisation
@@ -36,7 +37,9 @@ def kmeans(x: Tensor, k: int, iters: int = 10, seeding: str = "kmeans++", spheri
     ``"random"``: k rows drawn without replacement, from the distinct rows when ``x`` repeats some and has at least
     k distinct ones (so the centres are distinct), with replacement when there are fewer than k. Lloyd: assign to
     the nearest centre (chunked search), move each non-empty cluster's centre to its mean (l2-normalised if
-    ``spherical``); an empty cluster keeps its centre. Randomness from torch's global RNG.
+    ``spherical``); an empty cluster keeps its centre. Randomness from torch's global RNG (callers in a
+    data-parallel run call it on the rows gathered from all ranks, inside
+    :func:`vqbench.methods.sync.shared_random_stream`).
     """
     x = x.detach().float()
     n = x.shape[0]
@@ -112,11 +115,14 @@ def _soft_assignment_sum(x: Tensor, codes: Tensor, code_sq: Tensor, temperature:
 
 
 def soft_assignment_entropy(x: Tensor, codes: Tensor, temperature: float,
-                            chunk_elements: int = SEARCH_CHUNK_ELEMENTS) -> Tensor:
+                            chunk_elements: int = SEARCH_CHUNK_ELEMENTS, across_ranks: bool = False) -> Tensor:
     """``H(pbar)``, ``pbar = mean_i softmax_k(-||x_i - c_k||^2 / T)``, differentiable in ``x`` and ``codes``.
 
     Rows are processed in chunks of at most ``chunk_elements`` logits; with more than one chunk each is
     checkpointed, so the backward pass recomputes one chunk at a time (peak extra memory O(chunk + K), any N, K).
+    ``across_ranks``: ``x`` is this rank's part of a data-parallel batch and ``pbar`` the global batch's (the sum
+    of the soft assignments over ranks, differentiable, over the global row count): with gradients averaged over
+    ranks the gradient is the single-process one.
     """
     n, k = x.shape[0], codes.shape[0]
     rows = max(1, min(n, chunk_elements // max(k, 1)))
@@ -129,5 +135,7 @@ def soft_assignment_entropy(x: Tensor, codes: Tensor, temperature: float,
         else:
             part = _soft_assignment_sum(xb, codes, code_sq, temperature)
         total = total + part
+    if across_ranks:
+        total, n = differentiable_sum(total), global_rows(n, x.device)
     p = total / max(n, 1)
     return -(p * p.clamp_min(1e-12).log()).sum()

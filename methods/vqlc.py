@@ -30,6 +30,13 @@ Where the bank comes from (buffer ``init_source``, logged as ``stats["init_sourc
 
 ``stats["bank_rows"]`` is the number of distinct bank rows the k-means ran on (0 before it ran). Before the codes
 are initialised an eval-mode forward quantizes with the placeholder codebook (all codes ``P(0) = b``).
+
+Data-parallel runs: the warm-up bank receives the rows of every rank in rank order (the global batch, as one
+process would see it), the first batch of ``FROM_BATCH_KMEANS`` likewise; k-means runs on every rank from rank 0's
+random stream and rank 0's centres are broadcast; ``init_from_feature_bank`` (called on every rank) draws its
+k-means seeds and the new projector from rank 0's stream and broadcasts both; ``init="data"`` uses the global
+batch's statistics. After the init only the projector changes, by the averaged gradients. Exact up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.methods.base import data_relative_codes, nearest_code, straight_through
+from vqbench.distributed import all_gather_rows, broadcast_
+from vqbench.methods.base import DATA_INIT_SYNC, data_relative_codes, nearest_code, straight_through
+from vqbench.methods.sync import shared_random_stream
 from vqbench.quantizer import QuantizeOutput, Quantizer, check_last_dim
 from vqbench.registry import register_method
 
@@ -98,6 +107,11 @@ class VQGANLC(Quantizer):
     the warm-up lasts).
     """
 
+    distributed_sync = ("warm-up bank / first batch: the rows of all ranks gathered in rank order; k-means from rank "
+                        "0's random stream, centres broadcast from rank 0",
+                        "feature-bank init: k-means seeds and the new projector from rank 0's stream, broadcast",
+                        DATA_INIT_SYNC)
+
     def __init__(self, dim: int, codebook_size: int, codebook_weight: float = 0.33, kmeans_iters: int = 10,
                  init: str = "kmeans", bank_warmup_steps: int = 100, bank_size: int | None = None,
                  init_scale: float = 1.0, init_offset: float = 0.0) -> None:
@@ -144,10 +158,13 @@ class VQGANLC(Quantizer):
         if features.dim() != 2 or features.shape[0] < self.codebook_size:
             raise ValueError(f"vq-lc needs a feature bank (M, F) with M >= K = {self.codebook_size} rows, "
                              f"got shape {tuple(features.shape)}")
-        centres = kmeans(features, self.codebook_size, self.kmeans_iters)
         device = self.frozen_codes.device
-        self.frozen_codes = centres.to(device)
-        self.projector = self._new_projector(centres.shape[1]).to(device)
+        with shared_random_stream(device):  # one draw for every rank: the runner calls this on every rank
+            centres = kmeans(features, self.codebook_size, self.kmeans_iters)
+            self.frozen_codes = broadcast_(centres.to(device))
+            self.projector = self._new_projector(centres.shape[1]).to(device)
+        for parameter in self.projector.parameters():
+            broadcast_(parameter.data)
         self.bank_rows.fill_(torch.unique(features.float(), dim=0).shape[0])
         self.init_source.fill_(FROM_BANK)
 
@@ -160,11 +177,17 @@ class VQGANLC(Quantizer):
         self.init_source.fill_(source)
 
     @torch.no_grad()
+    def _kmeans(self, rows: Tensor) -> Tensor:
+        """k-means centres of ``rows`` (the same on every rank): rank 0's random stream and rank 0's result."""
+        with shared_random_stream(rows.device):
+            return broadcast_(kmeans(rows, self.codebook_size, self.kmeans_iters))
+
+    @torch.no_grad()
     def _collect(self, flat: Tensor) -> bool:
         """Add ``flat`` to the warm-up bank; True when the warm-up is over and the codes were initialised."""
         if self.bank.shape[0] != self.bank_size:
             self.bank = torch.zeros(self.bank_size, self.dim, device=flat.device)
-        rows = flat.detach().float()[-self.bank_size:]
+        rows = all_gather_rows(flat.detach().float())[-self.bank_size:]  # every rank's rows, in rank order
         positions = (int(self.bank_filled) + torch.arange(rows.shape[0], device=flat.device)) % self.bank_size
         self.bank[positions] = rows
         self.bank_filled.add_(rows.shape[0])
@@ -173,7 +196,7 @@ class VQGANLC(Quantizer):
             return False
         bank = self.bank[:min(int(self.bank_filled), self.bank_size)]
         self.bank_rows.fill_(torch.unique(bank, dim=0).shape[0])
-        self._init_codes(kmeans(bank, self.codebook_size, self.kmeans_iters), FROM_WARMUP_BANK)
+        self._init_codes(self._kmeans(bank), FROM_WARMUP_BANK)
         self.bank = torch.zeros(0, self.dim, device=flat.device)
         return True
 
@@ -208,8 +231,9 @@ class VQGANLC(Quantizer):
                     codes = data_relative_codes(flat, self.codebook_size, self.init_scale, self.init_offset)
                     self._init_codes(codes, FROM_BATCH_DATA)
                 elif self.bank_warmup_steps == 0:
-                    self.bank_rows.fill_(torch.unique(flat.detach(), dim=0).shape[0])
-                    self._init_codes(kmeans(flat, self.codebook_size, self.kmeans_iters), FROM_BATCH_KMEANS)
+                    batch = all_gather_rows(flat.detach())  # the global batch
+                    self.bank_rows.fill_(torch.unique(batch, dim=0).shape[0])
+                    self._init_codes(self._kmeans(batch), FROM_BATCH_KMEANS)
                 elif not self._collect(flat):  # warm-up: the autoencoder trains unquantized
                     zero = flat.new_zeros(())
                     return QuantizeOutput(z, torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device), zero,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -188,17 +189,87 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def max_array_size() -> int | None:
-    """The cluster's MaxArraySize (array indices must stay below it), or None when it cannot be read."""
+#: where slurm.conf usually lives; the test cluster's first (``slurm/testcluster.sh``)
+_CONF_CANDIDATES = ("{test}/etc/slurm.conf", "/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf",
+                    "/usr/local/etc/slurm.conf", "/opt/slurm/etc/slurm.conf")
+_NO_CONFIG = ("Could not establish a configuration source", "Unable to process configuration file")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """What ``scontrol show config`` says: MaxArraySize, or why Slurm could not be asked (``problem``)."""
+
+    max_array_size: int | None = None
+    problem: str | None = None  # one line: what is wrong and what to set (a missing SLURM_CONF ...)
+
+
+def missing_config_hint(text: str) -> str | None:
+    """When ``text`` (a Slurm command's stderr) says Slurm found no configuration: one line saying what to set."""
+    if not any(marker in text for marker in _NO_CONFIG):
+        return None
+    current = os.environ.get("SLURM_CONF")
+    test_dir = os.environ.get("VQBENCH_SLURM_DIR", "/tmp/vqbench-slurm")
+    found = next((c.format(test=test_dir) for c in _CONF_CANDIDATES
+                  if Path(c.format(test=test_dir)).is_file() and c.format(test=test_dir) != current), None)
+    if current and not Path(current).is_file():
+        cause = f"SLURM_CONF={current} names no file"
+    elif current:
+        cause = f"Slurm cannot use SLURM_CONF={current}"
+    else:
+        cause = "SLURM_CONF is not set and Slurm found no configuration of its own"
+    where = (f"export SLURM_CONF={found}" if found else
+             "export SLURM_CONF=/path/to/your/cluster/slurm.conf (ask the cluster's admins where it is)")
+    return (f"Slurm cannot find its configuration ({cause}: 'Could not establish a configuration source'): {where} "
+            "and rerun (`bash slurm/testcluster.sh env` prints the test cluster's)")
+
+
+def slurm_config() -> SlurmConfig:
+    """The cluster's MaxArraySize (array indices must stay below it), or why it cannot be read."""
     try:
         proc = _run(["scontrol", "show", "config"], timeout=30)
-    except (SchedulerError, subprocess.TimeoutExpired):
-        return None
+    except SchedulerError:
+        return SlurmConfig()  # no Slurm here at all (a laptop): nothing to warn about beyond the default
+    except subprocess.TimeoutExpired:
+        return SlurmConfig(problem="scontrol did not answer within 30 s (is slurmctld up?)")
+    hint = missing_config_hint(proc.stderr + proc.stdout)
+    if hint:
+        return SlurmConfig(problem=hint)
     for line in proc.stdout.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "MaxArraySize" and value.strip().isdigit():
-            return int(value.strip())
-    return None
+            return SlurmConfig(max_array_size=int(value.strip()))
+    if proc.returncode != 0:
+        return SlurmConfig(problem=f"scontrol show config failed: {' '.join(proc.stderr.split()[-12:])}")
+    return SlurmConfig()
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (array indices must stay below it), or None when it cannot be read."""
+    return slurm_config().max_array_size
+
+
+# -- stray submission files ------------------------------------------------------------------------
+_UUID_PICKLE = re.compile(r"^[0-9a-f]{32}\.pkl$")
+_SUBMISSION_FILE = re.compile(r"^\.submission_file_[0-9a-f]{32}\.sh$")
+
+
+def clean_stray_submission_files(logs: Path) -> list[Path]:
+    """Remove what a failed or killed submission left in a sweep's logs folder: submitit's temporary pickles
+    (``<uuid>.pkl``, moved into the job's folder only once sbatch answered) and sbatch scripts
+    (``.submission_file_<uuid>.sh``). Call it with the sweep's submission lock held (no submission in flight)."""
+    removed = []
+    try:
+        entries = list(Path(logs).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if path.is_file() and (_UUID_PICKLE.match(path.name) or _SUBMISSION_FILE.match(path.name)):
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
 
 
 # -- local processes -------------------------------------------------------------------------------
@@ -262,7 +333,8 @@ def result_error(sub: Submission) -> str | None:
 
 
 def log_reason(sub: Submission) -> str | None:
-    """A line of the job's stderr that says why it ended (Slurm's CANCELLED/TIME LIMIT/OOM notes)."""
+    """A line of the job's stderr that says why it ended (Slurm's CANCELLED/TIME LIMIT/OOM notes; in a job of
+    several tasks, srun's line naming the task that died first)."""
     if not sub.folder:
         return None
     path = sub.paths().stderr
@@ -271,9 +343,20 @@ def log_reason(sub: Submission) -> str | None:
     except OSError:
         return None
     lines = lines[-200:]
-    # Slurm's own notices first ("*** JOB 12 ON node CANCELLED AT ... ***"), then the kernel's and srun's
-    for keys in (("*** JOB",), ("*** STEP",), ("oom", "Out Of Memory", "out-of-memory"), ("Killed",)):
+    # Slurm's own notice for the job ("*** JOB 12 ON node CANCELLED AT ... ***"), then the first task srun saw
+    # die ("srun: error: node: task 1: Killed": the other tasks were killed after it), then the step's notice,
+    # then the kernel's and srun's
+    for line in reversed(lines):
+        if "*** JOB" in line:
+            return " ".join(line.split())
+    for line in lines:
+        if _TASK_DIED.search(line):
+            return " ".join(line.split())
+    for keys in (("*** STEP",), ("oom", "Out Of Memory", "out-of-memory"), ("Killed",)):
         for line in reversed(lines):
             if any(k in line for k in keys):
                 return " ".join(line.split())
     return None
+
+
+_TASK_DIED = re.compile(r"srun: error: \S+: tasks? [0-9,\-]+: (Killed|Exited with exit code|Terminated|Segmentation)")

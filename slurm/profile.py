@@ -5,9 +5,11 @@ sweep file, optionally on top of a named one with ``profile: NAME``)::
 
     cluster: slurm            # slurm | local | debug (`--executor` overrides it)
     partition: gpu            # Slurm partition (default: the cluster's default partition)
-    gpus: 1                   # GPUs per job (--gpus-per-node)
-    cpus: 8                   # CPUs per job (--cpus-per-task; also torch's thread count in the job)
-    mem: 32G                  # memory per job: a number of GB or a Slurm size (500M, 32G)
+    gpus: 1                   # GPUs of a single-process run (--gpus-per-node); 0: a CPU profile
+    node_gpus: 4              # GPUs a node of this partition has: a run of more GPUs spans several nodes
+    cpus: 8                   # CPUs per process (--cpus-per-task; also torch's thread count in the job)
+    mem: 32G                  # memory per process: a number of GB or a Slurm size (500M, 32G); a job
+                              # of several processes per node asks for that many times this (--mem)
     time: 240                 # wall time per run in minutes, or "H:MM:SS" / "D-H:MM:SS"
     array_parallelism: 64     # at most this many runs at once (Slurm's %-throttle; the local executor
                               # also never runs more processes than the CPUs allow, `cpus` each)
@@ -22,6 +24,10 @@ sweep file, optionally on top of a named one with ``profile: NAME``)::
 
 Runs that share a profile are submitted together as job arrays; runs of different profiles (a task
 item in a sweep may set its own ``profile``) go into separate arrays.
+
+The shape of a data-parallel run is not a profile key but a sweep key (``gpus_per_run`` on a GPU profile,
+``ranks_per_run`` on a CPU profile, ``nodes``; see :mod:`vqbench.slurm.sweep`): :meth:`Profile.with_ranks`
+resolves it into ``nodes`` x ``ranks_per_node`` processes, one Slurm task each (one GPU each on a GPU profile).
 """
 
 from __future__ import annotations
@@ -77,6 +83,30 @@ class Profile:
     max_num_timeout: int = 3
     snapshot: bool = True
     python: str | None = None
+    node_gpus: int | None = None
+    # the run's shape (from the sweep's gpus_per_run / ranks_per_run / nodes, not a profile key)
+    nodes: int = 1
+    ranks_per_node: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Processes (ranks) of one run: ``nodes`` x ``ranks_per_node``."""
+        return self.nodes * self.ranks_per_node
+
+    def with_ranks(self, ranks: int, nodes: int | None = None) -> Profile:
+        """This profile for runs of ``ranks`` processes over ``nodes`` nodes (default: the fewest nodes of
+        ``node_gpus`` GPUs that hold them on a GPU profile, else one); ValueError when they do not fit."""
+        if nodes is None:
+            nodes = -(-ranks // self.node_gpus) if self.gpus and self.node_gpus else 1
+        if nodes > ranks:
+            raise ValueError(f"{ranks} rank(s) cannot fill {nodes} nodes: use at most nodes: {ranks}")
+        if ranks % nodes:
+            raise ValueError(f"{ranks} ranks do not spread evenly over {nodes} nodes: use a multiple of {nodes}")
+        per_node = ranks // nodes
+        if self.gpus and self.node_gpus and per_node > self.node_gpus:
+            raise ValueError(f"{per_node} GPUs per node but the nodes of profile {self.name} have {self.node_gpus}: "
+                             f"use nodes: {-(-ranks // self.node_gpus)} or more")
+        return replace(self, nodes=nodes, ranks_per_node=per_node)
 
     def key(self) -> str:
         """What makes two profiles the same resource group (the name and description do not)."""
@@ -86,11 +116,13 @@ class Profile:
         return canonical_json(data)
 
     def label(self) -> str:
-        parts = [self.name, f"{self.cpus} cpu"]
-        if self.gpus:
-            parts.append(f"{self.gpus} gpu")
+        if self.world_size > 1:
+            per_rank = f"1 gpu + {self.cpus} cpu" if self.gpus else f"{self.cpus} cpu"
+            parts = [self.name, f"{self.nodes} node(s) x {self.ranks_per_node} rank(s) of {per_rank}"]
+        else:
+            parts = [self.name, f"{self.cpus} cpu"] + ([f"{self.gpus} gpu"] if self.gpus else [])
         if self.mem:
-            parts.append(self.mem)
+            parts.append(f"{self.mem} per rank" if self.world_size > 1 else self.mem)
         parts.append(f"{self.time} min")
         if self.partition:
             parts.append(f"partition {self.partition}")
@@ -99,7 +131,7 @@ class Profile:
     def local_parallelism(self) -> int:
         """How many runs the local executor runs at once: what this machine's CPUs allow (``cpus`` each),
         and at most ``array_parallelism``."""
-        fits = max(1, (os.cpu_count() or 1) // max(1, self.cpus))
+        fits = max(1, (os.cpu_count() or 1) // max(1, self.cpus * self.ranks_per_node))
         return min(fits, self.array_parallelism) if self.array_parallelism else fits
 
     def slurm_parameters(self, job_name: str, setup: list[str]) -> dict[str, Any]:
@@ -109,17 +141,37 @@ class Profile:
             "signal_delay_s": self.signal_delay_s, "setup": list(self.slurm_setup) + setup,
             "array_parallelism": self.array_parallelism or 256,
         }
-        if self.gpus:
+        if self.world_size > 1:
+            # one Slurm task per rank (one GPU each on a GPU profile); a rank that dies ends the whole step
+            params.update(nodes=self.nodes, ntasks_per_node=self.ranks_per_node,
+                          srun_args=["--kill-on-bad-exit=1"])
+            if self.gpus:
+                params["gpus_per_node"] = self.ranks_per_node
+        elif self.gpus:
             params["gpus_per_node"] = self.gpus
-        for name in ("partition", "mem", "account", "qos", "constraint"):
+        for name in ("partition", "account", "qos", "constraint"):
             if getattr(self, name) is not None:
                 params[name] = getattr(self, name)
+        if self.mem is not None:
+            params["mem"] = scale_mem(self.mem, self.ranks_per_node)
         if self.additional_parameters:
             params["additional_parameters"] = dict(self.additional_parameters)
         return params
 
 
-PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name != "name") + ("profile",)
+PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "nodes", "ranks_per_node")) + \
+    ("profile",)
+
+
+def scale_mem(mem: str, factor: int) -> str:
+    """A Slurm memory size times ``factor`` (``"32G"``, 4 -> ``"128G"``; no unit means MB, as for Slurm)."""
+    if factor == 1:
+        return mem
+    m = re.match(r"^(\d+(?:\.\d+)?)([KMGT]?)$", mem.upper())
+    if m is None:
+        return mem
+    value = float(m.group(1)) * factor
+    return f"{int(value) if value.is_integer() else value}{m.group(2)}"
 
 
 def list_profiles() -> list[str]:
@@ -204,8 +256,10 @@ def parse_profile(data: Any, where: Where, base_dir: Path | None = None, _seen: 
                 raise at.error(f"unknown cluster {value!r}{suggest(value, CLUSTERS)}: use {', '.join(CLUSTERS)}")
         elif key in ("description", "partition", "account", "qos", "constraint", "python"):
             value = None if raw is None and key != "description" else expect_str(raw, at)
-        elif key in ("gpus",):
+        elif key == "gpus":
             value = expect_int(raw, at, 0, "a number of GPUs")
+        elif key == "node_gpus":
+            value = None if raw is None else expect_int(raw, at, 1, "the number of GPUs of a node")
         elif key == "cpus":
             value = expect_int(raw, at, 1, "a number of CPUs")
         elif key in ("array_parallelism", "max_array_size"):

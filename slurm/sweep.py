@@ -27,6 +27,15 @@ name)::
                                    # (on top of quick, or of {base: paper, steps: 500})
     executor: cpu-debug            # a profile name from slurm/profiles/, a path, or a mapping
     tags: [ablation]               # extra tags on every run
+    ranks_per_run: 2               # data-parallel runs: processes per run on a CPU profile (gloo), or
+    gpus_per_run: 8                #   GPUs per run on a GPU profile (one process per GPU, NCCL); not both
+    nodes: 2                       #   nodes per run (default: the fewest of the profile's node_gpus)
+
+A run of ``R`` ranks is one Slurm job (array task) of ``nodes`` nodes x ``R / nodes`` tasks started by
+submitit; every rank trains, rank 0 writes the store. ``R`` ranks at ``batch_size / R`` rows each are the run
+of ``batch_size`` rows (the same run id), so ``R`` must divide every run's ``budget.batch_size``. A task item may
+set its own ``gpus_per_run`` / ``ranks_per_run`` / ``nodes``. The local executor runs the ranks of a run as local
+processes (one node only), the debug executor as spawned processes of this machine, one run after the other.
 
 Everything is checked on load: an unknown key, a wrong type, an unknown task, method or parameter,
 a bad budget or profile, or a selection that expands to nothing is a one-line :class:`ConfigError`
@@ -72,8 +81,10 @@ from vqbench.spec import Budget, RunSpec, canonical_json, make_spec, task_budget
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-TOP_KEYS = ("name", "version", "description", "plugins", "tasks", "methods", "seeds", "budget", "executor", "tags")
-TASK_KEYS = ("name", "where", "exclude", "params", "fixed", "zip", "budget", "profile")
+SHAPE_KEYS = ("gpus_per_run", "ranks_per_run", "nodes")
+TOP_KEYS = ("name", "version", "description", "plugins", "tasks", "methods", "seeds", "budget", "executor", "tags",
+            *SHAPE_KEYS)
+TASK_KEYS = ("name", "where", "exclude", "params", "fixed", "zip", "budget", "profile", *SHAPE_KEYS)
 METHOD_KEYS = ("name", "where", "exclude", "params", "fixed", "zip")
 TASK_FILTERS = ("kind", "offline", "has_budget", "source")
 METHOD_FILTERS = ("family", "source")
@@ -175,9 +186,10 @@ def check_buildable(sweep: Sweep) -> None:
     import torch
 
     tasks: dict[tuple[str, str], tuple[int, int]] = {}
-    built: set[tuple[str, str, int, int]] = set()
+    built: set[tuple[str, str, int, int, bool]] = set()
     with torch.random.fork_rng(devices=[]):
-        for spec in sweep.specs():
+        for run in sweep.runs:
+            spec = run.spec
             task_key = (spec.task, canonical_json(spec.task_params))
             if task_key not in tasks:
                 try:
@@ -190,17 +202,31 @@ def check_buildable(sweep: Sweep) -> None:
                 tasks[task_key] = (task.latent_dim, task.codebook_size)
             dim, size = tasks[task_key]
             method_json = canonical_json(spec.method_params)
-            if (spec.method, method_json, dim, size) in built:
+            distributed = run.profile.world_size > 1
+            if (spec.method, method_json, dim, size, distributed) in built:
                 continue
             try:
-                METHODS.create(spec.method, dim=dim, codebook_size=size, **spec.method_params)
+                quantizer = METHODS.create(spec.method, dim=dim, codebook_size=size, **spec.method_params)
             except Exception as exc:  # noqa: BLE001 - any refusal is reported with its place in the file
                 chosen = _params(METHODS, spec.method, spec.method_params)
                 raise _origin(sweep, "method", spec.method, method_json).error(
                     f"method {spec.method} cannot be built with {chosen} for task {spec.task} "
                     f"(dim {dim}, codebook_size {size}): {_reason(exc)}; fix the value (nothing was submitted)"
                 ) from None
-            built.add((spec.method, method_json, dim, size))
+            if distributed and _undeclared_state(quantizer):
+                raise _origin(sweep, "method", spec.method, method_json).error(
+                    f"method {spec.method} keeps state in buffers but declares no distributed_sync, so its ranks "
+                    f"would drift apart in runs of {run.profile.world_size} processes: run it with one process "
+                    "per run, or declare (and implement) distributed_sync in the method (nothing was submitted)")
+            built.add((spec.method, method_json, dim, size, distributed))
+
+
+def _undeclared_state(quantizer: Any) -> bool:
+    """``vqbench.quantizer.uses_undeclared_state`` (a method keeping state it does not sync), where it exists."""
+    from vqbench import quantizer as contract
+
+    check = getattr(contract, "uses_undeclared_state", None)
+    return bool(check(quantizer)) if check is not None else False
 
 
 def _origin(sweep: Sweep, kind: str, name: str, params_json: str) -> Where:
@@ -235,6 +261,19 @@ class _Selected:
     budget: Any = None
     budget_where: Where | None = None
     profile: Profile | None = None
+    shape: dict[str, tuple[int, Where]] = field(default_factory=dict)
+
+
+def _check_batch(spec: RunSpec, item: _Selected) -> None:
+    """The world size of a data-parallel run must divide its global batch (each rank takes an equal share)."""
+    world = item.profile.world_size if item.profile is not None else 1
+    if world > 1 and spec.budget.batch_size % world:
+        key = next((k for k in ("gpus_per_run", "ranks_per_run", "nodes") if k in item.shape), "ranks_per_run")
+        value, at = item.shape.get(key, (world, item.where))
+        fits = [k for k in range(world, 0, -1) if spec.budget.batch_size % k == 0][0]
+        raise at.error(f"{key}: {value} makes runs of {world} processes, which do not divide task {spec.task}'s "
+                       f"budget.batch_size {spec.budget.batch_size} (each rank takes batch_size / {world} rows): "
+                       f"use a batch size that is a multiple of {world}, or {fits} processes")
 
 
 class _Expander:
@@ -262,8 +301,9 @@ class _Expander:
         seeds = self._seeds(data.get("seeds", 1), where.key(data, "seeds"))
         budget_where = where.key(data, "budget")
         budget = self._budget_value(data.get("budget", "quick"), budget_where)
+        shape = self._shape(data, where, {})
         tasks = self._items(data["tasks"], where.key(data, "tasks"), TASKS, TASK_KEYS, TASK_FILTERS,
-                            budget, budget_where, profile)
+                            budget, budget_where, profile, shape)
         methods = self._items(data["methods"], where.key(data, "methods"), METHODS, METHOD_KEYS, METHOD_FILTERS)
         if not tasks or not methods:
             what = "tasks" if not tasks else "methods"
@@ -287,6 +327,7 @@ class _Expander:
                                     except UserError as exc:
                                         raise m.where.error(f"{method} on {task}: {exc}") from None
                                     if spec.run_id not in seen:
+                                        _check_batch(spec, t)
                                         seen.add(spec.run_id)
                                         runs.append(SweepRun(spec, t.profile or profile))
                                         origins.setdefault(("task", task, canonical_json(spec.task_params)),
@@ -351,9 +392,51 @@ class _Expander:
         except UserError as exc:
             raise where.error(str(exc)) from None
 
+    def _shape(self, data: dict, where: Where, inherited: dict[str, tuple[int, Where]]
+               ) -> dict[str, tuple[int, Where]]:
+        """The run shape keys set in ``data`` (``gpus_per_run``, ``ranks_per_run``, ``nodes``) over ``inherited``."""
+        shape = dict(inherited)
+        own = [k for k in SHAPE_KEYS if k in data]
+        if "gpus_per_run" in own and "ranks_per_run" in own:
+            raise where.key(data, "ranks_per_run").error(
+                "set gpus_per_run (GPU profiles: one process per GPU) or ranks_per_run (CPU profiles), not both")
+        if {"gpus_per_run", "ranks_per_run"} & set(own):
+            shape.pop("gpus_per_run", None)
+            shape.pop("ranks_per_run", None)
+        for key in own:
+            at = where.key(data, key)
+            what = {"gpus_per_run": "a number of GPUs per run", "ranks_per_run": "a number of processes per run",
+                    "nodes": "a number of nodes per run"}[key]
+            shape[key] = (expect_int(data[key], at, 1, what), at)
+        return shape
+
+    def _shaped(self, profile: Profile, shape: dict[str, tuple[int, Where]], where: Where) -> Profile:
+        """``profile`` with the run shape applied (one-line errors at the key that does not fit)."""
+        if not shape:
+            return profile
+        nodes, nodes_at = shape.get("nodes", (None, where))
+        if "gpus_per_run" in shape:
+            ranks, at = shape["gpus_per_run"]
+            if not profile.gpus:
+                raise at.error(f"gpus_per_run needs a GPU profile, but profile {profile.name} has no GPUs (gpus: 0): "
+                               "use a GPU profile (gpu, gpu-4, gpu-8), or ranks_per_run for processes on CPUs")
+        elif "ranks_per_run" in shape:
+            ranks, at = shape["ranks_per_run"]
+            if profile.gpus:
+                raise at.error(f"profile {profile.name} has GPUs: say gpus_per_run (one process per GPU) instead "
+                               "of ranks_per_run")
+        else:
+            ranks, at = 1, nodes_at
+        if nodes is not None and nodes > 1 and ranks == 1:
+            raise nodes_at.error(f"nodes: {nodes} with one process per run: set gpus_per_run or ranks_per_run too")
+        try:
+            return profile.with_ranks(ranks, nodes)
+        except ValueError as exc:
+            raise (nodes_at if nodes is not None else at).error(str(exc)) from None
+
     def _items(self, value: Any, where: Where, registry: Registry, keys: tuple[str, ...], filters: tuple[str, ...],
-               budget: Any = None, budget_where: Where | None = None, profile: Profile | None = None
-               ) -> list[_Selected]:
+               budget: Any = None, budget_where: Where | None = None, profile: Profile | None = None,
+               shape: dict[str, tuple[int, Where]] | None = None) -> list[_Selected]:
         kind = registry.kind
         if isinstance(value, (str, dict)):
             value = LocatedList([value])
@@ -386,6 +469,9 @@ class _Expander:
                 # an inline mapping changes keys of the sweep's profile (unless it names its own `profile:`)
                 sel.profile = load_profile(item["profile"], at.key(item, "profile"), self.base_dir,
                                            base=profile) if "profile" in item else profile
+                if sel.profile is not None:
+                    sel.shape = self._shape(item, at, shape or {})
+                    sel.profile = self._shaped(sel.profile, sel.shape, at)
             out.append(sel)
         return out
 

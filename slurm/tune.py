@@ -26,7 +26,7 @@ from vqbench.errors import UserError
 from vqbench.registry import METHODS
 from vqbench.slurm.launch import SweepSummary, run_sweep, sweep_status
 from vqbench.slurm.sweep import Sweep, SweepRun
-from vqbench.spec import RunSpec, make_spec
+from vqbench.spec import RunSpec, canonical_json, make_spec
 from vqbench.store import ResultStore
 from vqbench.tuning import (
     TRIAL_TAG,
@@ -74,6 +74,7 @@ def _knobs(method: str) -> tuple:
 def trial_sweep(sweep: Sweep, trials: int) -> Sweep:
     """The sweep of every trial of ``sweep`` (deterministic; validates every search space first)."""
     check_trials(trials)
+    _one_configuration_per_task_and_method(sweep)
     knobs = {m: _knobs(m) for m in sorted({r.spec.method for r in sweep.runs})}
     runs: list[SweepRun] = []
     seen: set[str] = set()
@@ -92,6 +93,18 @@ def trial_sweep(sweep: Sweep, trials: int) -> Sweep:
                 seen.add(trial.run_id)
                 runs.append(SweepRun(trial, run.profile))
     return replace(sweep, name=sweep.name + TRIALS_SUFFIX, runs=runs, tags=())
+
+
+def _one_configuration_per_task_and_method(sweep: Sweep) -> None:
+    """Selection is per (task, method): a sweep with parameter grids would pool different configurations."""
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for run in sweep.runs:
+        s = run.spec
+        config = (canonical_json(s.task_params), canonical_json(s.method_params))
+        if seen.setdefault((s.task, s.method), config) != config:
+            raise UserError(f"tune {sweep.name}: {s.method} on {s.task} appears with several parameter settings (a "
+                            "grid); tuning selects one configuration per (task, method): give each setting its own "
+                            "sweep (or task/method name)")
 
 
 def final_sweep(sweep: Sweep, trials: int, selected_specs: list[RunSpec]) -> Sweep:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vqbench.distributed import shard
 from vqbench.metrics import Evaluation
 from vqbench.quantizer import Quantizer
 from vqbench.spec import RunSpec
@@ -70,7 +71,8 @@ class EpochSampler:
     """Deterministic mini-batch indices: batch ``step`` of a fresh permutation per epoch.
 
     ``indices(step)`` depends only on (n, batch_size, seed, step), which makes resumed runs see the
-    same batches as uninterrupted ones.
+    same batches as uninterrupted ones. It is the *global* batch of a data-parallel run: each rank trains
+    on its contiguous shard, :meth:`local_indices` (the whole batch in a single process).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
@@ -89,6 +91,10 @@ class EpochSampler:
             self._perm = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[:size]
             self._epoch = epoch
         return self._perm[position * self.batch_size:(position + 1) * self.batch_size]
+
+    def local_indices(self, step: int) -> Tensor:
+        """This rank's contiguous shard of :meth:`indices` (:func:`vqbench.distributed.shard`)."""
+        return shard(self.indices(step))
 
 
 def report_reconstruction(quantizer: nn.Module, mse: Tensor, elements_per_token: float) -> None:

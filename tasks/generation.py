@@ -37,6 +37,11 @@ Evaluation of the prior (whole eval split):
 When the tokenizer was reused, every prior evaluation also carries the tokenizer's own evaluation
 (reconstruction quality and collapse metrics), so a generation run's rows are complete either way.
 
+Data parallel: the prior trains on each rank's shard of every global batch; the token grids are encoded, and
+the prior's evaluation (NLL, samples, gFD, precision/recall) computed, whole on every rank alike (with the
+Frechet distances' cross-rank sync off), so every rank holds the single-process numbers; the tokenizer's
+evaluation is split over ranks like the reconstruction task's.
+
 Parameters: all of the reconstruction task's (same names and defaults) plus the ``prior_*`` and
 sampling parameters below. Version: ``1000 * GEN_VERSION + <reconstruction task version>``, so a
 new tokenizer recipe also gives new generation ids. ``GEN_VERSION`` 2: the prior's vocabulary and the emitted-code
@@ -198,7 +203,7 @@ class GenerationTask(Task):
 
         def batch(step: int) -> Tensor:
             tokens = self.tokens("train")
-            return tokens[sampler.indices(step)].to(self.device, non_blocking=True).long()
+            return tokens[sampler.local_indices(step)].to(self.device, non_blocking=True).long()
 
         def loss(tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             nats = self.prior.nll(tokens)
@@ -233,6 +238,8 @@ class GenerationTask(Task):
         if split not in self._real:
             extractors, pr_features = generative_extractors(self.recon.fd, self.device)
             distances = [FrechetDistance(f, prefix="g") for f in extractors]
+            for fd in distances:  # every rank computes the whole evaluation: summing states over ranks would
+                fd.metric.sync_on_compute = fd.metric._to_sync = False  # count each image once per rank
             with captured_outputs(pr_features) as feats:
                 for images in self.recon.eval_batches(self.sample_batch_size, split=split):
                     x01 = to_unit(to_model(images))

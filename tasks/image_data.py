@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqbench.errors import UserError
 from vqbench.tasks.base import EpochSampler
@@ -418,18 +418,20 @@ def _stack(items: list[Tensor]) -> Tensor:
 
 
 class _StepBatches:
-    """Index lists of steps ``start, start+1, ...`` of an :class:`EpochSampler` (a DataLoader batch sampler)."""
+    """Index lists of steps ``start, start+1, ...`` of an :class:`EpochSampler` (a DataLoader batch sampler):
+    this rank's shard of each global batch."""
 
     def __init__(self, sampler: EpochSampler, start: int) -> None:
         self.sampler, self.start = sampler, start
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in itertools.count(self.start):
-            yield self.sampler.indices(step).tolist()
+            yield self.sampler.local_indices(step).tolist()
 
 
 class BatchLoader:
-    """``loader(step) -> uint8 (B, C, H, W)`` on ``device``: batch ``step`` of :class:`EpochSampler`.
+    """``loader(step) -> uint8 (B, C, H, W)`` on ``device``: batch ``step`` of :class:`EpochSampler`
+    (in a data-parallel run this rank's shard of it, ``B / world size`` images: a rank loads only its own).
 
     A pure function of ``step`` (resumed runs see the same batches). In-memory sources are indexed
     directly (on the device); file-backed sources are decoded by a DataLoader with ``workers``
@@ -447,7 +449,7 @@ class BatchLoader:
 
     def __call__(self, step: int) -> Tensor:
         if isinstance(self.source, TensorImages):
-            return self.source.batch(self.sampler.indices(step))
+            return self.source.batch(self.sampler.local_indices(step))
         if self._iter is None or step != self._next_step:
             self.close()
             loader = DataLoader(self.source, batch_sampler=_StepBatches(self.sampler, step),
@@ -464,12 +466,17 @@ class BatchLoader:
         self._iter = None  # worker processes end with the iterator
 
 
-def iterate(source: ImageSource, batch_size: int, device: torch.device, workers: int = 0) -> Iterator[Tensor]:
-    """The whole split in order, as uint8 batches ``(B, C, H, W)`` on ``device``."""
+def iterate(source: ImageSource, batch_size: int, device: torch.device, workers: int = 0,
+            part: tuple[int, int] | None = None) -> Iterator[Tensor]:
+    """The whole split in order, as uint8 batches ``(B, C, H, W)`` on ``device``; with ``part = (start, stop)``
+    only those images (a rank's part of an evaluation, :func:`vqbench.distributed.local_range`)."""
+    start, stop = part if part is not None else (0, len(source))
     if isinstance(source, TensorImages):
-        for start in range(0, len(source), batch_size):
-            yield source.images[start:start + batch_size].to(device, non_blocking=True)
+        for first in range(start, stop, batch_size):
+            yield source.images[first:min(first + batch_size, stop)].to(device, non_blocking=True)
         return
+    if (start, stop) != (0, len(source)):
+        source = Subset(source, range(start, stop))
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_stack,
                         pin_memory=torch.device(device).type == "cuda")
     for batch in loader:

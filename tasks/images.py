@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqbench.distributed import all_reduce_sum_, gather_rows, local_range
 from vqbench.errors import UserError
 from vqbench.image_metrics import ReconstructionMetrics, lpips_available, lpips_network
 from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
@@ -258,9 +259,11 @@ class ImageReconstructionTask(Task):
         """The images of ``split``: ``train``, ``validation`` or ``eval``."""
         return {"train": self.train_data, "validation": self.validation_data, "eval": self.eval_data}[split]
 
-    def eval_batches(self, batch_size: int | None = None, split: str = "eval") -> Iterator[Tensor]:
-        """The whole ``split`` (default: eval) in order, uint8 ``(B, C, H, W)`` on the device."""
-        return iterate(self.split_data(split), batch_size or self.eval_batch_size, self.device, self.workers)
+    def eval_batches(self, batch_size: int | None = None, split: str = "eval",
+                     part: tuple[int, int] | None = None) -> Iterator[Tensor]:
+        """The whole ``split`` (default: eval) in order, uint8 ``(B, C, H, W)`` on the device (images
+        ``part = (start, stop)`` of it only, when given)."""
+        return iterate(self.split_data(split), batch_size or self.eval_batch_size, self.device, self.workers, part)
 
     def metrics(self) -> ReconstructionMetrics:
         if self._metrics is None:
@@ -270,7 +273,12 @@ class ImageReconstructionTask(Task):
 
     @torch.no_grad()
     def evaluate_model(self, model: VQAutoencoder, split: str = "eval") -> Evaluation:
-        """Reconstruction quality and collapse metrics over the whole ``split`` (fp32, eval mode)."""
+        """Reconstruction quality and collapse metrics over the whole ``split`` (fp32, eval mode).
+
+        In a data-parallel run each rank measures its contiguous part of the split: code counts are summed,
+        the sampled embeddings and patches gathered in rank order (the same rows as one process samples), and
+        the torchmetrics states of the image metrics summed by torchmetrics itself at ``compute``.
+        """
         quantizer = model.quantizer
         metrics = self.metrics()
         metrics.reset()
@@ -279,8 +287,9 @@ class ImageReconstructionTask(Task):
         total_tokens = len(self.split_data(split)) * h * w
         stride = max(1, math.ceil(total_tokens / MAX_EMBEDDING_ROWS))
         embeddings, reference = [], []
-        seen = 0
-        for images in self.eval_batches(split=split):
+        first_image, stop_image = local_range(len(self.split_data(split)))
+        seen = first_image * h * w  # global index of this rank's first token
+        for images in self.eval_batches(split=split, part=(first_image, stop_image)):
             x = self.model_input(images)
             out = model(x)
             usage.update(out.quant.indices)
@@ -291,9 +300,13 @@ class ImageReconstructionTask(Task):
             embeddings.append(out.z.permute(0, 2, 3, 1).reshape(n_tok, -1)[keep].float().cpu())
             reference.append(token_patches(x.float(), self.downsample).reshape(n_tok, -1)[keep].cpu())
             seen += n_tok
-        ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), torch.cat(embeddings),
-                              reference=torch.cat(reference), seed=0)
-        ev.metrics.update(metrics.compute())
+        all_reduce_sum_(usage.counts)
+        width, patch = self.latent_dim, self.channels * self.downsample ** 2
+        embeddings_all = gather_rows(torch.cat(embeddings) if embeddings else torch.zeros(0, width), width)
+        reference_all = gather_rows(torch.cat(reference) if reference else torch.zeros(0, patch), patch)
+        ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), embeddings_all, reference=reference_all,
+                              seed=0)
+        ev.metrics.update(metrics.compute())  # (torchmetrics sums its states over ranks first)
         ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K (FSQ, LFQ differ)
         return ev
 

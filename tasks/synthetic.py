@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqbench.distributed import all_reduce_sum_, gather_rows, local_range, sum_floats
 from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
 from vqbench.registry import register_task
 from vqbench.tasks.base import EpochSampler, Stage, Task, report_reconstruction
@@ -92,7 +93,7 @@ class VectorReconstructionTask(Task):
         sampler = EpochSampler(self.n_train, budget.batch_size, self.seed)
 
         def batch(step: int) -> Tensor:
-            return self.train_x[sampler.indices(step).to(self.device)]
+            return self.train_x[sampler.local_indices(step).to(self.device)]
 
         def loss(x: Tensor):
             x_hat, _, out = model(x)
@@ -104,16 +105,22 @@ class VectorReconstructionTask(Task):
 
         @torch.no_grad()
         def evaluate_on(data: Tensor) -> Evaluation:
+            # each rank its contiguous part (all of it in one process): counts and squared errors summed over
+            # ranks, embeddings gathered in rank order (the whole split's, in order)
             usage = CodebookUsage(quantizer.codebook_size).to(self.device)
+            first, stop = local_range(data.shape[0])
             sq_err, embeddings = 0.0, []
-            for start in range(0, data.shape[0], 4096):
-                x = data[start:start + 4096]
+            for start in range(first, stop, 4096):
+                x = data[start:min(start + 4096, stop)]
                 x_hat, z, out = model(x)
                 sq_err += float((x_hat - x).pow(2).sum())
                 usage.update(out.indices)
                 embeddings.append(z)
-            ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), torch.cat(embeddings),
-                                  reference=data, seed=0)
+            (sq_err,) = sum_floats(sq_err)
+            all_reduce_sum_(usage.counts)
+            z_all = gather_rows(torch.cat(embeddings) if embeddings else data.new_zeros(0, self.latent_dim),
+                                self.latent_dim)
+            ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), z_all, reference=data, seed=0)
             ev.metrics["mse"] = sq_err / (data.shape[0] * self.data_dim)
             ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K
             return ev

@@ -236,15 +236,17 @@ def test_tie_marks_where_the_data_cannot_separate_and_not_where_one_dominates(tu
         assert 1 <= low <= high <= len(order)
 
 
-def _write(store: ResultStore, method: str, task: str, seed: int, value: float) -> None:
-    rid = f"{method}-{task}-{seed}"
+def _write(store: ResultStore, method: str, task: str, seed: int, value: float, tags: tuple[str, ...] = ("suite:s",),
+           lr: float = 0.001) -> None:
+    rid = f"{method}-{task}-{seed}-{lr}"
+    budget = {"steps": 10, "lr": lr}
     spec = {"task": task, "method": method, "seed": seed, "task_params": {}, "method_params": {},
-            "budget": {"steps": 10}, "tags": ["suite:s"], "task_version": 1, "method_version": 1}
+            "budget": budget, "tags": list(tags), "task_version": 1, "method_version": 1}
     store.write_metrics(task, rid, [("eval", 10, "mse", value)])
     store.write_run({"run_id": rid, "task": task, "task_version": 1, "task_params": "{}", "method": method,
                      "method_version": 1, "method_params": "{}", "method_family": "f", "seed": seed,
-                     "budget": '{"steps":10}', "tags": ["suite:s"], "spec": canonical_json(spec), "status": "ok",
-                     "main_metric": "mse", "higher_is_better": False})
+                     "budget": canonical_json(budget), "tags": list(tags), "spec": canonical_json(spec),
+                     "status": "ok", "main_metric": "mse", "higher_is_better": False})
 
 
 def test_rank_interval_and_tie_marks_by_hand(tmp_path):
@@ -266,6 +268,26 @@ def test_rank_interval_and_tie_marks_by_hand(tmp_path):
     assert cells["A"]["text"] == "1\u20131" and cells["D"]["text"] == "4\u20134"
     assert TIE in cells[order[2]]["text"] and not [n for n in ("A", order[1], "D") if TIE in cells[n]["text"]]
     assert "separated from the row above" in cells[order[1]]["attrs"]["title"]
+
+
+def test_a_suite_with_only_tuned_runs(tmp_path):
+    """`vqbench tune s` without `vqbench sweep run s`, trials not kept: a tuned table, one column per task
+    whatever lr each method selected, no defaults table, no link to missing trials."""
+    store = ResultStore(tmp_path / "results")
+    for method, base, lr in (("A", 1.0, 0.001), ("B", 2.0, 0.004)):
+        for task in ("t1", "t2"):
+            for seed in (1, 2, 3):
+                _write(store, method, task, seed, base + 0.01 * seed, ("suite:s", "tuned:s", "trials:4"), lr)
+    build_site(tmp_path / "results", tmp_path / "site")
+    text = (tmp_path / "site" / "index.html").read_text()
+    tables = read_tables(tmp_path / "site" / "index.html")
+    assert [k for k in tables if k.startswith("suite-")] == ["suite-s-tuned-table"]
+    assert '<h3 id="suite-s-tuned">Tuned (4 trials)</h3>' in text and 'id="suite-s-defaults"' not in text
+    table = tables["suite-s-tuned-table"]
+    assert [h[:2] for h in table["head"][3:5]] == ["t1", "t2"]
+    assert [r["cells"][0]["text"].strip() for r in table["rows"]] == ["A", "B"]
+    assert "lr=0.004" in table["rows"][1]["cells"][3]["text"] and ">trials<" not in text
+    assert not crawl(tmp_path / "site")[1]
 
 
 def test_every_link_resolves_and_every_string_is_escaped(tuned):

@@ -70,6 +70,11 @@ def test_bad_spaces_and_trial_counts_fail_before_anything_is_submitted(sweep, tm
         finally:
             METHODS._entries["vq"] = entry
     assert not (tmp_path / "results").exists()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(SWEEP.replace("methods: [vq, vq-ema, fsq]",
+                                  "methods:\n  - name: vq\n    params: {beta: [0.1, 0.5]}"))
+    with pytest.raises(UserError, match="one configuration per"):
+        tune(load_sweep(grid), 3, tmp_path / "results", dry_run=True, log=None)
 
 
 def test_tune_runs_trials_then_the_selection_with_fresh_seeds(sweep, tmp_path):

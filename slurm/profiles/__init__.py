@@ -1,1 +1,1 @@
-"""Executor profiles (`gpu`, `cpu-debug`) that sweep files name under `executor:`."""
+"""Executor profiles (`gpu`, `gpu-4`, `gpu-8`, `cpu-debug`) that sweep files name under `executor:`."""
