@@ -121,6 +121,15 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 1
     if args.task:
         runs = runs[runs["task"] == args.task]
+    if args.sweep:
+        from vqbench.slurm.collect import read_membership
+
+        members = read_membership(args.results, args.sweep)
+        runs = runs[runs["run_id"].isin(members)]
+        print(f"sweep {args.sweep}: {len(runs)} of its {len(members)} runs are in {args.results}")
+    if runs.empty:
+        print("no runs match")
+        return 1
     df = _results_table(final_metrics(runs, store.load_metrics(args.task)))
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(df.to_string(index=False))
@@ -260,6 +269,8 @@ def _add_results(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("results", parents=[common], help="print the runs in a results folder")
     p.add_argument("--results", default="results")
     p.add_argument("--task", default=None)
+    p.add_argument("--sweep", default=None, metavar="NAME",
+                   help="only the runs sweep NAME lists (shared runs too: results/sweeps/NAME.json)")
     p.set_defaults(func=cmd_results)
 
 

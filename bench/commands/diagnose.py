@@ -40,6 +40,17 @@ MAX_REFERENCE_WIDTH = 1024
 DEFAULT_BOARD = "published/results"
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 @dataclass
 class Verdict:
     """One line of the diagnosis: ``kind`` is tokens-collapse, embeddings-collapse, healthy or not-measured."""
@@ -66,16 +77,7 @@ class Diagnosis:
         return {v.kind for v in self.verdicts}
 
     def to_json(self) -> dict[str, Any]:
-        def clean(x: Any) -> Any:
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [clean(v) for v in x]
-            return x
-
-        return clean(asdict(self))
+        return json_safe(asdict(self))
 
 
 def nearest_codes(latents: Tensor, codebook: Tensor, chunk: int = 4096) -> Tensor:
@@ -405,15 +407,9 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """``python -m vqbench.commands.diagnose ...`` (the same as ``vqbench diagnose`` once wired in)."""
-    import sys
+    from vqbench.commands import run_module_cli
 
-    parser = argparse.ArgumentParser(prog="vqbench diagnose")
-    add_arguments(parser)
-    try:
-        return main(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_module_cli("vqbench diagnose", __doc__.split("\n")[0], add_arguments, main, argv)
 
 
 if __name__ == "__main__":

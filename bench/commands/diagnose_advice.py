@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqbench.commands.diagnose import json_safe
+
 WORKS = 0.8
 COMPARED = ("utilization", "perplexity", "dead_codes", "tokens_collapse_index", "embedding_rank",
             "embeddings_collapse_index")
@@ -53,16 +55,7 @@ class Advice:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        def clean(x: Any) -> Any:
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [clean(v) for v in x]
-            return x
-
-        return clean(asdict(self))
+        return json_safe(asdict(self))
 
 
 def advise(diag: Any, board: str | os.PathLike[str] | None) -> Advice:

@@ -93,12 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return worker_main()
     import vqbench.commands.perf as package
-    from vqbench.errors import UserError
+    from vqbench.commands import run_module_cli
 
-    parser = argparse.ArgumentParser(prog="python -m vqbench.commands.perf", description=package.__doc__.split("\n")[0])
-    add_perf_arguments(parser)
-    try:
-        return cmd_perf(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_module_cli("python -m vqbench.commands.perf", package.__doc__.split("\n")[0], add_perf_arguments,
+                          cmd_perf, argv)
