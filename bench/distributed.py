@@ -242,16 +242,15 @@ def average_step_(params: Sequence[torch.nn.Parameter], values: Mapping[str, Any
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     n_grad = sum(p.numel() for p in params)
     flat[:n_grad + len(names)].div_(size)
+    used = flat[n_grad + len(names):]
     offset = 0
-    for p, used in zip(params, flat[n_grad + len(names):].tolist()):
+    for i, p in enumerate(params):
         part = flat[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
-        if not used:
-            p.grad = None
-        elif p.grad is None:
-            p.grad = part.to(p.dtype).clone()
-        else:
+        if p.grad is not None:
             p.grad.copy_(part)
+        elif bool(used[i] > 0):  # (a host sync, only for a parameter this rank did not use)
+            p.grad = part.to(p.dtype).clone()
     return {n: v for n, v in zip(names, flat[n_grad:n_grad + len(names)].unbind())}
 
 

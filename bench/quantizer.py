@@ -33,13 +33,24 @@ class Quantizer(nn.Module):
 
     dim: int
     codebook_size: int
-    #: What this method keeps identical across the ranks of a data-parallel run, in words (e.g. ``("EMA counts
-    #: and sums: all-reduced before the update",)``); ``()``: nothing to sync (stateless, or every state change
-    #: follows from gradients, which the runner averages). ``None``: not declared: a method with buffers that
-    #: declares nothing is refused for runs of more than one process (see ``vqbench.distributed``).
+    #: What this method keeps identical across the ranks of a data-parallel run, one short sentence per
+    #: mechanism (e.g. ``("EMA counts and sums: all-reduced before the update",)``); a class may list every
+    #: option's sentence and an instance set its own (only its options'). ``()``: nothing to sync (stateless, or
+    #: every state change follows from gradients, which the runner averages). ``None``: not declared: a method
+    #: with buffers that declares nothing is refused for runs of more than one process (see
+    #: :func:`uses_undeclared_state`).
+    #:
+    #: Declaring a sync promises: a training-mode forward on rank ``r`` with its shard of a global batch leaves every
+    #: rank's state identical and equal to one process's with the whole batch (batch statistics summed over ranks
+    #: and divided by the global row count, ``vqbench.distributed.differentiable_sum`` where the statistic is in a
+    #: loss; buffers of vectors gathered in rank order; random choices from one stream shared by all ranks, indexing
+    #: the global batch). Collectives run only in training-mode calls (``forward``, ``on_step``,
+    #: ``observe_reconstruction``, ``init_from_feature_bank``), which every rank makes in the same order; eval-mode
+    #: forwards make none.
     distributed_sync: tuple[str, ...] | None = None
-    #: Where 2 ranks x batch B/2 cannot equal 1 rank x batch B exactly (float reduction order), the largest
-    #: difference of losses and codebooks this method allows after a few dozen steps (0: exact to float rounding).
+    #: Where 2 ranks x batch B/2 cannot equal 1 rank x batch B up to float rounding, the largest absolute
+    #: difference of losses, codebooks and states this method allows after a few dozen steps, and why in the class
+    #: docstring (0: equal up to float rounding; the indices are then identical).
     distributed_tolerance: float = 0.0
 
     def forward(self, z: Tensor) -> QuantizeOutput:  # pragma: no cover - abstract
@@ -82,6 +93,20 @@ def uses_feature_bank(quantizer: nn.Module) -> bool:
     overrides :meth:`Quantizer.init_from_feature_bank`."""
     return isinstance(quantizer, Quantizer) and \
         type(quantizer).init_from_feature_bank is not Quantizer.init_from_feature_bank
+
+
+def uses_undeclared_state(quantizer: nn.Module) -> list[str]:
+    """Names of the persistent buffers of ``quantizer`` (submodules included) when it declares no
+    :attr:`Quantizer.distributed_sync` (``None``); ``[]`` when it declares one or keeps no buffers.
+
+    The state a data-parallel run could let drift apart between ranks: the runner refuses such a method for more
+    than one process. Non-persistent buffers (constants derived from the configuration, outside the state dict) do
+    not count.
+    """
+    if getattr(quantizer, "distributed_sync", None) is not None:
+        return []
+    saved = set(quantizer.state_dict(keep_vars=True))
+    return [name for name, _ in quantizer.named_buffers() if name in saved]
 
 
 def check_last_dim(z: Tensor, dim: int) -> None:

@@ -11,13 +11,15 @@
     runs/<run_id>.html      spec, provenance, curves, usage histogram, spectra, the command that reproduces it
     findings.html           figures of the collapse reproductions (results/findings/<name>/)
     performance.html        `vqbench perf` measurements (results/perf/), with the ratios they are read for
+    protocol.html           budgets, seeds, the convergence rule, tuning, metric definitions, rank uncertainty
     downloads.html          CSV + Parquet of every table shown (files under data/)
     assets/site.css, assets/site.js
 
 One module writes each page (``page_index``, ``page_task`` with ``page_tuning``, ``page_method``, ``page_run``,
-``page_findings``, ``page_performance``, ``page_downloads``); they share :mod:`.context` (page frame,
+``page_findings``, ``page_performance``, ``page_protocol``, ``page_downloads``); they share :mod:`.context` (page frame,
 links, lookups) and :mod:`.html` (escaping, number formats, cells). :mod:`.tracks` tells the defaults and
-tuned tracks and the trials apart; :mod:`.ranking` and :mod:`.rank_marks` give the rank uncertainty.
+tuned tracks and the trials apart; :mod:`.ranking` and :mod:`.rank_marks` give the rank uncertainty;
+:mod:`.convergence` flags the runs whose main metric had not settled.
 Pages link with relative URLs only, so the folder works from ``file://`` and from any static host.
 Every string that comes from a run or a plugin is HTML-escaped; no data is embedded in ``<script>``;
 each page carries a Content-Security-Policy that allows only the site's own script and stylesheet,
@@ -41,6 +43,7 @@ from vqbench.leaderboard.page_findings import write_findings
 from vqbench.leaderboard.page_index import write_index
 from vqbench.leaderboard.page_method import write_method_page
 from vqbench.leaderboard.page_performance import write_performance
+from vqbench.leaderboard.page_protocol import write_protocol
 from vqbench.leaderboard.page_run import write_run_pages
 from vqbench.leaderboard.page_task import write_task_page
 
@@ -85,6 +88,7 @@ def build_site(results: str | os.PathLike[str], out: str | os.PathLike[str], sui
         lap("run pages")
         write_findings(site, results)
         write_performance(site)
+        write_protocol(site)
         write_downloads(site)
         lap("findings + downloads")
         (tmp / SITE_MARKER).write_text("built by vqbench leaderboard build; this folder is replaced on rebuild\n")

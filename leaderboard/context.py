@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from vqbench.leaderboard.convergence import STATES, Convergence, from_row, seeds_badge
 from vqbench.leaderboard.data import SiteData, config_params_label, slug, variant_labels
 from vqbench.leaderboard.html import escape, url
 from vqbench.leaderboard.tracks import TRACK_TRIAL, TRACK_TUNED, without_lr
@@ -23,7 +24,7 @@ from vqbench.leaderboard.tracks import TRACK_TRIAL, TRACK_TUNED, without_lr
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "base-uri 'none'; form-action 'none'")
 NAV = (("index.html#tasks", "Tasks"), ("index.html#methods", "Methods"), ("findings.html", "Findings"),
-       ("performance.html", "Performance"), ("downloads.html", "Downloads"))
+       ("performance.html", "Performance"), ("protocol.html", "Protocol"), ("downloads.html", "Downloads"))
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,14 @@ class SiteContext:
             self.config_runs[key].append(ConfigRun(run_id, int(seed), status))
         for seeds in self.config_runs.values():
             seeds.sort(key=lambda run: (run.seed, run.run_id))
+        #: config key -> (seed, convergence) of its ok runs (the seeds in its mean), by seed
+        self.convergence: dict[str, list[tuple[int, Convergence]]] = defaultdict(list)
+        ok_runs = runs[runs["status"] == "ok"]
+        columns = [c for c in ok_runs.columns if c.startswith("convergence")]
+        for key, seed, record in zip(ok_runs["config_key"], ok_runs["seed"], ok_runs[columns].to_dict("records")):
+            self.convergence[key].append((int(seed), from_row(record)))
+        for seeds in self.convergence.values():
+            seeds.sort(key=lambda item: item[0])
         self.families = sorted({info.family for info in data.methods.values()})
         self.variant_labels: dict[str, str] = {}
         for task in data.tasks.values():
@@ -213,6 +222,21 @@ class SiteContext:
             parts.append(f'<a{css} href="{url(root + "runs/" + self.run_slugs[run.run_id] + ".html")}" '
                          f'title="{escape(tip)}">s{run.seed}</a>')
         return f'<td class="runs">{"".join(parts)}</td>'
+
+    def convergence_badge(self, key: str) -> str:
+        """The convergence badge of config ``key``'s ok seeds (empty when every one converged)."""
+        seeds = self.convergence.get(key)
+        if not seeds:
+            return ""
+        task = self.data.tasks.get(self.config_rows[key]["task"])
+        return seeds_badge(seeds, task.main_metric if task else "the main metric")
+
+    def convergence_counts(self, key: str) -> dict[str, int]:
+        """How many ok seeds of config ``key`` are in each convergence state."""
+        counts = {state: 0 for state in STATES}
+        for _, convergence in self.convergence.get(key, []):
+            counts[convergence.state] += 1
+        return counts
 
     def family_of(self, method: str, fallback: str = "other") -> str:
         """The registered family of ``method`` (``fallback`` for a method without metadata)."""

@@ -8,6 +8,8 @@ Vocabulary used across the leaderboard:
   its seeds are the runs that share it. Only runs with status ``ok`` enter means; the others are
   counted and shown.
 - *final value* of a metric in a run: its value at the run's last eval step (``vqbench.store.final_metrics``).
+- *convergence* of a run: whether its main metric still moved over its last 25% of steps
+  (:mod:`vqbench.leaderboard.convergence`; columns ``convergence``, ``convergence_change`` ...).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vqbench.errors import UserError
+from vqbench.leaderboard.convergence import convergence_table
 from vqbench.leaderboard.load import read_tables, store_files
 from vqbench.leaderboard.stats import ci_halfwidth
 from vqbench.leaderboard.tracks import (
@@ -247,6 +250,11 @@ def load(results: str | os.PathLike[str], suite: str | None = None) -> SiteData:
             metrics=_metric_order(logged, main), n_runs=len(group),
             variants=sorted(group.loc[group["track"] != TRACK_TRIAL, "variant_key"].unique()))
     table["main_value"] = main_col
+    # convergence of each run's main metric over its last 25% of steps (leaderboard/convergence.py)
+    convergence = convergence_table(table, metrics, {name: info.main_metric for name, info in tasks.items()})
+    for column in convergence.columns:
+        table[f"convergence{'' if column == 'state' else '_' + column}"] = \
+            convergence[column].reindex(table["run_id"]).to_numpy()
 
     methods: dict[str, MethodInfo] = {}
     for name, group in table.groupby("method", sort=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,13 @@ HOW_TO_READ = (
     'a row\'s mean rank is the average of its ranks over all the suite\'s task columns. '
     'A row missing any column (no ok seed there) is flagged <span class="badge incomplete">incomplete'
     '</span>, gets no mean rank, and is listed after the complete rows: missing results are never '
-    'averaged away. Click a number to see the configuration on its task page; click a column header '
+    'averaged away. Under each mean, <b>util</b> is the configuration\'s codebook utilization (fraction of '
+    'codes used over the whole eval split, mean over the same seeds): collapse next to quality. '
+    '<b>Utilization rank</b> is the same mean rank on utilization (higher is better; the same complete-rows '
+    'rule, over the task columns that report utilization). A <span class="badge conv">not converged</span> '
+    'badge counts the seeds whose main metric still moved by 1% or more over their last 25% of steps (or had '
+    'too few evals there to tell; see the <a href="protocol.html#convergence">Protocol</a>); hover it for '
+    'each seed\'s change. Click a number to see the configuration on its task page; click a column header '
     'to sort.')
 TUNED_HOW_TO_READ = (
     'One row per method: each cell is the configuration its tuning selected on that task, rerun at fresh '
@@ -171,6 +178,8 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
         ranks[column.variant_key] = matrix.loc[complete, column.variant_key].rank(ascending=not higher,
                                                                                   method="average")
     mean_rank = ranks.mean(axis=1).where(complete)
+    util = _utilization_ranks(site, list(method_configs["method_config"]), [c.variant_key for c in columns],
+                              config_at, labels)
     n_columns = len(columns)
     order = sorted(method_configs.itertuples(index=False), key=lambda r: (
         not complete[r.method_config],
@@ -193,6 +202,8 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
     head.append('<th class="num" data-type="num" title="mean rank over the suite\'s tasks (complete rows only)">'
                 'Mean rank</th><th class="num" data-type="num" title="95% bootstrap interval of the mean rank; '
                 f'{TIE}: not separated from the row above">Rank 95% CI</th>'
+                '<th class="num" data-type="num" title="mean rank on codebook utilization (higher is better) over '
+                'the task columns that report it (complete rows only)">Utilization rank</th>'
                 '<th class="num" data-type="num">Tasks done</th>')
     body, records = [], []
     above_label = ""
@@ -224,7 +235,11 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
                 missing.append(column_name)
             href = (f"tasks/{data.tasks[column.task].slug}.html#{site.config_rows[key]['row_id']}"
                     if key is not None else None)
-            extra = status_badges(counts)
+            extra = status_badges(counts) + (site.convergence_badge(key) if key is not None else "")
+            cell_util = float(util.means.get(key, math.nan)) if key is not None else math.nan
+            if is_finite(cell_mean) and is_finite(cell_util):
+                extra += (f'<small class="util" title="codebook utilization over the eval split, mean over the '
+                          f'{cell_n} ok seed(s)">util {format_number(cell_util, 3)}</small>')
             if tuned and key is not None:
                 selected = _selected_text(site, key)
                 trials = (f' <a href="{url(_trials_href(site, suite, column.task, row.method))}">trials</a>'
@@ -234,7 +249,9 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
             cells.append(stat_cell(cell_mean, cell_ci, cell_n, href=href, extra=extra))
             record.update({f"{column_name} mean": cell_mean, f"{column_name} ci95": cell_ci,
                            f"{column_name} n_seeds": cell_n,
-                           f"{column_name} n_not_ok": int(sum(v for s, v in counts.items() if s != "ok"))})
+                           f"{column_name} n_not_ok": int(sum(v for s, v in counts.items() if s != "ok")),
+                           f"{column_name} utilization": cell_util,
+                           f"{column_name} n_unconverged": _flagged_seeds(site, key)})
             if tuned:
                 spread, _, n_trials = tuning.spread(column.task, row.method) if tuning else (math.nan, 0, 0)
                 record[f"{column_name} iqr"] = spread
@@ -248,6 +265,7 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
                        "mean_rank_high": interval.high if interval else math.nan,
                        "tied_with_above": bool(row.method_config in marks.above
                                                and not marks.above[row.method_config].separated),
+                       "utilization_mean_rank": float(util.mean_rank.get(row.method_config, math.nan)),
                        "tasks_done": present, "tasks_total": n_columns})
         records.append(record)
         missing_text = escape("; ".join(missing))
@@ -261,6 +279,7 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
                     f'<td>{site.links.method(row.method, "")}{flag}</td><td>{escape(family)}</td>'
                     f'<td class="params">{escape(params_label)}</td>{"".join(cells)}{sensitivity}{rank_cell}'
                     f'{rank_interval_cell(marks, row.method_config, above_label)}'
+                    f'{_utilization_rank_cell(util, row.method_config)}'
                     f'<td class="num" data-v="{present}">{present}/{n_columns}</td></tr>')
         above_label = row.method + ("" if tuned else f" ({params_label})")
     statuses = runs["status"].value_counts().to_dict()
@@ -276,6 +295,53 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
              f'id="{escape(table_id)}"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'
              f'</div>{RANK_NOTE if marks.any else ""}{download}')
     return summary, table
+
+
+@dataclass(frozen=True)
+class UtilizationRanks:
+    """A table's utilization: per config key its mean over ok seeds; per row its mean rank (complete rows)."""
+
+    means: dict[str, float]
+    mean_rank: pd.Series  # row key -> mean rank on utilization (NaN: not ranked)
+    missing: dict[str, list[str]]  # row key -> the ranked columns it has no utilization in
+    ranked_columns: int
+
+
+def _utilization_ranks(site: SiteContext, rows: list[str], columns: list[str],
+                       config_at: dict[tuple[str, str], str], labels: dict[str, str]) -> UtilizationRanks:
+    """Mean rank on utilization (higher is better) over the columns where some row reports it; a row missing
+    any of those columns is not ranked (the complete-rows rule of the main mean rank)."""
+    means = {key: site.config_stat(key, "utilization")[0] for key in set(config_at.values())}
+    matrix = _mean_matrix(rows, columns, config_at, {k: v for k, v in means.items() if is_finite(v)})
+    reported = [c for c in matrix.columns if matrix[c].notna().any()]
+    if not reported:
+        return UtilizationRanks(means, pd.Series(math.nan, index=matrix.index), {}, 0)
+    complete = matrix[reported].notna().all(axis=1)
+    ranks = matrix.loc[complete, reported].rank(ascending=False, method="average")
+    mean_rank = ranks.mean(axis=1).reindex(matrix.index)
+    missing = {row: [_column_text(c, labels.get(c, "")) for c in reported if not is_finite(matrix.at[row, c])]
+               for row in matrix.index[~complete]}
+    return UtilizationRanks(means, mean_rank, missing, len(reported))
+
+
+def _column_text(variant_key: str, label: str) -> str:
+    task = json.loads(variant_key)[0]
+    return task + (f" [{label}]" if label else "")
+
+
+def _utilization_rank_cell(util: UtilizationRanks, row: str) -> str:
+    """The ``<td>`` of a row's mean rank on utilization (an em dash, with what is missing, when not ranked)."""
+    value = float(util.mean_rank.get(row, math.nan))
+    if is_finite(value):
+        return number_cell(value)
+    why = ("no task column reports utilization" if not util.ranked_columns else
+           "missing utilization: " + "; ".join(util.missing.get(row, [])))
+    return f'<td class="num missing" data-v="" title="not ranked on utilization ({escape(why)})">\u2014</td>'
+
+
+def _flagged_seeds(site: SiteContext, key: str | None) -> int:
+    """How many ok seeds of config ``key`` the board flags (not converged, or too few evals)."""
+    return sum(c.flagged for _, c in site.convergence.get(key, [])) if key is not None else 0
 
 
 def _rank_values(data: Any, ok: pd.DataFrame, config_at: dict[tuple[str, str], str], columns: list[Any],

@@ -44,7 +44,7 @@ def write_method_page(site: SiteContext, name: str) -> None:
                     f'<td class="params">{escape(site.params_labels[key])}</td>'
                     f'<td>{escape(", ".join(config["suites"]))}</td>'
                     f'<td class="num" data-v="{counts["ok"]}">{counts["ok"]}/{int(config["n_runs"])}'
-                    f'{status_badges(counts)}</td>'
+                    f'{status_badges(counts)}{site.convergence_badge(key)}</td>'
                     f'<td>{escape(task.main_metric)} {direction_arrow(task.higher_is_better)}</td>'
                     + stat_cell(*main, show_n=False) + stat_cell(*utilization, show_n=False)
                     + stat_cell(*perplexity, show_n=False)
@@ -57,7 +57,8 @@ def write_method_page(site: SiteContext, name: str) -> None:
                         "n_ok": counts["ok"], "n_runs": int(config["n_runs"]), "main_metric": task.main_metric,
                         "main mean": main[0], "main ci95": main[1], "utilization mean": utilization[0],
                         "utilization ci95": utilization[1], "perplexity mean": perplexity[0],
-                        "perplexity ci95": perplexity[1], "rank_in_variant": rank, "configs_in_variant": total})
+                        "perplexity ci95": perplexity[1], "rank_in_variant": rank, "configs_in_variant": total,
+                        "n_ok_flagged_convergence": sum(c.flagged for _, c in site.convergence.get(key, []))})
     defaults = "".join(f"<tr><td><code>{escape(k)}</code></td><td><code>{escape(json.dumps(v))}</code></td></tr>"
                        for k, v in sorted(info.defaults.items()))
     download = site.tables.add(f"method-{info.slug}", f"Method {name}", f"methods/{info.slug}.html",
@@ -75,7 +76,8 @@ def write_method_page(site: SiteContext, name: str) -> None:
                                     f'{defaults}</tbody></table>' if defaults else '<p>No parameters.</p>'),
              '<h2>Results across tasks</h2><p class="note">Main metric, utilization and perplexity: mean over ok '
              'seeds \u00b1 95% CI. Rank: position of this configuration among all configurations of the same '
-             'task variant by the main metric.</p>',
+             'task variant by the main metric. A <span class="badge conv">not converged</span> badge counts the '
+             'ok seeds whose main metric had not settled (<a href="../protocol.html#convergence">rule</a>).</p>',
              '<div class="scroll"><table class="sortable" id="method-table"><thead><tr><th>Task</th>'
              '<th>Task variant</th><th>Params</th><th>Suites</th><th class="num" data-type="num">Seeds</th>'
              '<th>Main metric</th><th class="num" data-type="num">Main mean</th>'

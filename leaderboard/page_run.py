@@ -23,6 +23,7 @@ import pandas as pd
 
 from vqbench.leaderboard import svg
 from vqbench.leaderboard.context import Links, PageFrame, SiteContext, write_page
+from vqbench.leaderboard.convergence import from_row, run_badge
 from vqbench.leaderboard.data import TaskInfo, metric_direction, parse_json, slug, tag_list
 from vqbench.leaderboard.html import direction_arrow, escape, format_number, is_finite, url
 from vqbench.leaderboard.load import read_tables
@@ -174,7 +175,8 @@ def run_page(chunk: RunChunk, run: dict[str, Any], curves: Curves, arrays: dict[
     parts = [f'<h1>Run {escape(run_id)}</h1>',
              f'<p class="lead">{chunk.links.method(run["method"], ROOT)} <span class="params">({escape(params_label)})'
              f'</span> on {chunk.links.task(run["task"], ROOT)}, seed {int(run["seed"])} '
-             f'<span class="badge st-{escape(status)}">{escape(status)}</span> \u00b7 suite(s): {suite_links}'
+             f'<span class="badge st-{escape(status)}">{escape(status)}</span>'
+             f'{run_badge(from_row(run), task.main_metric or "the main metric")} \u00b7 suite(s): {suite_links}'
              f' \u00b7 <a href="{url(ROOT + "tasks/" + task.slug + ".html#" + run["row_id"])}">this configuration'
              ' on the task page</a></p>']
     if run.get("error"):
@@ -207,9 +209,11 @@ def _final_metrics(task: TaskInfo, run: dict[str, Any], metric_columns: list[str
     rows = "".join(f'<tr><td>{escape(name)} {direction_arrow(_direction(task, name))}</td>'
                    f'<td class="num">{format_number(value)}</td></tr>' for name, value in finals)
     unfinished = "; this run did not finish, so they are not in any mean" if run["status"] != "ok" else ""
+    convergence = from_row(run).describe(task.main_metric or "the main metric")
     return (f'<h2>Final metrics{escape(step_note)}</h2><p class="note">Values at the run\'s last eval step'
-            f'{unfinished}.</p><table><thead><tr><th>Metric</th><th>Value</th></tr></thead><tbody>{rows}'
-            '</tbody></table>')
+            f'{unfinished}.</p><p class="note convergence">Convergence (<a href="{ROOT}protocol.html#convergence">'
+            f'rule</a>): {escape(convergence)}.</p><table><thead><tr><th>Metric</th><th>Value</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>')
 
 
 def _charts(task: TaskInfo, curves: Curves, arrays: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from vqbench.leaderboard import svg
 from vqbench.leaderboard.context import SiteContext
+from vqbench.leaderboard.convergence import CONVERGED, FEW_EVALS, NOT_CONVERGED
 from vqbench.leaderboard.data import COLLAPSE_METRICS, metric_direction, natural_key
 from vqbench.leaderboard.html import STATUS_ORDER, direction_arrow, escape, filter_bar, stat_cell, status_badges
 from vqbench.leaderboard.page_tuning import tuning_sections
@@ -60,7 +61,8 @@ def write_task_page(site: SiteContext, name: str) -> None:
                  for j in range(len(metrics))]
         n_ok, n_runs = counts["ok"], int(config["n_runs"])
         seeds = (f'<td class="num" data-v="{n_ok}" title="{n_ok} ok of {n_runs} runs">{n_ok}/{n_runs}'
-                 f'{status_badges(counts)}</td>')
+                 f'{status_badges(counts)}{site.convergence_badge(key)}</td>')
+        convergence = site.convergence_counts(key)
         rows.append(f'<tr id="{escape(config["row_id"])}" data-family="{escape(family)}">'
                     f'<td>{site.links.method(config["method"], ROOT)}</td><td>{escape(family)}</td>'
                     f'<td class="params">{escape(params_label)}</td>'
@@ -70,7 +72,9 @@ def write_task_page(site: SiteContext, name: str) -> None:
                   "method_params": config["method_params"], "params_label": params_label,
                   "task_params": config["task_params"], "budget": config["budget"], "variant_label": variant_label,
                   "suites": suites, "n_ok": n_ok, "n_runs": n_runs,
-                  **{f"n_{status}": counts[status] for status in ("diverged", "failed", "timeout")}}
+                  **{f"n_{status}": counts[status] for status in ("diverged", "failed", "timeout")},
+                  "n_ok_converged": convergence[CONVERGED], "n_ok_not_converged": convergence[NOT_CONVERGED],
+                  "n_ok_few_evals": convergence[FEW_EVALS]}
         for j, metric in enumerate(metrics):
             record[f"{metric} mean"], record[f"{metric} ci95"] = means[i, j], cis[i, j]
             record[f"{metric} n"] = int(seed_counts[i, j])
@@ -103,7 +107,10 @@ def write_task_page(site: SiteContext, name: str) -> None:
                                       families, f"{name}: utilization vs {task.main_metric}"))
     parts.append('<h2>All configurations</h2><p class="note">Each cell: mean over the ok seeds '
                  '<span class="ci">\u00b1 95% CI half-width</span> (n shown where fewer seeds than the row\'s have '
-                 'a value). Final values are taken at each run\'s last eval step. Click a header to sort; filter '
+                 'a value). Final values are taken at each run\'s last eval step. A <span class="badge conv">not '
+                 'converged</span> badge in <b>Seeds</b> counts the ok seeds whose main metric still moved by 1% or '
+                 'more over their last 25% of steps, or had too few evals there to tell (<a href="../protocol.html'
+                 '#convergence">rule</a>; hover it for each seed\'s change). Click a header to sort; filter '
                  'by family or search any text.</p>')
     parts.append(filter_bar(table_id, families))
     parts.append(f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{"".join(head)}</tr>'

@@ -41,7 +41,10 @@ Entropies are computed in eval mode too (same formula; nothing is updated); no s
 Data-parallel runs: in training the codebook entropy is the global batch's (each group's summed soft assignment
 summed over ranks by a differentiable all-reduce, one collective per group, divided by the global row count; with
 the runner's gradient average the gradient is the single-process one); the per-sample entropy and the commitment
-are means over rows. In eval mode each rank's entropy is its own batch's (no collective). Exact up to float rounding.
+are means over rows. In eval mode each rank's entropy is its own batch's (no collective). Exact up to float rounding,
+which LFQ's sharp default (``inv_temperature = 100``) amplifies during training like any change of reduction order
+(thread count, device): in tests/test_distributed_methods.py at SGD learning rate 0.05 two runs drift apart from
+step ~10 (at 0.01 they stay within 1e-5 for 30 steps; at ``inv_temperature = 1`` within 1e-6 at either rate).
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ class VQGANLC(Quantizer):
         self.codebook_weight, self.kmeans_iters = codebook_weight, kmeans_iters
         self.init, self.init_scale, self.init_offset = init, init_scale, init_offset
         self.bank_warmup_steps = bank_warmup_steps
+        self.distributed_sync = type(self).distributed_sync[:2] + (DATA_INIT_SYNC,) * (init == "data")
         self.register_buffer("frozen_codes", torch.zeros(codebook_size, dim))
         self.projector = self._new_projector(dim)
         self.register_buffer("init_source", torch.tensor(UNINITIALISED))

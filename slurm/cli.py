@@ -54,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from vqbench.slurm.launch import collect_sweep
+    from vqbench.slurm.collect import collect_sweep
 
     sweep = _load(args)
     print(collect_sweep(sweep, args.results).format())
@@ -86,7 +86,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     q = base("status", "done / running / pending / failed / diverged counts and the failed runs' errors")
     q.set_defaults(func=cmd_status)
 
-    q = base("collect", "write the sweep's table of final metrics under RESULTS/sweeps/")
+    q = base("collect", "print the sweep's table (method x task: main metric and utilization, mean +- 95% CI over "
+                        "seeds) and write its final metrics under RESULTS/sweeps/")
     q.set_defaults(func=cmd_collect)
     add_tune_command(sub, common)
 

@@ -332,17 +332,24 @@ def result_error(sub: Submission) -> str | None:
     return lines[-1] if lines else "the job raised an exception"
 
 
+def _log_lines(sub: Submission) -> list[str]:
+    if not sub.folder:
+        return []
+    try:
+        return sub.paths().stderr.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return []
+
+
+def task_death(sub: Submission) -> str | None:
+    """In a job of several tasks (a data-parallel run): srun's line naming the first task that died, if any."""
+    return next((" ".join(line.split()) for line in _log_lines(sub) if _TASK_DIED.search(line)), None)
+
+
 def log_reason(sub: Submission) -> str | None:
     """A line of the job's stderr that says why it ended (Slurm's CANCELLED/TIME LIMIT/OOM notes; in a job of
     several tasks, srun's line naming the task that died first)."""
-    if not sub.folder:
-        return None
-    path = sub.paths().stderr
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    lines = lines[-200:]
+    lines = _log_lines(sub)
     # Slurm's own notice for the job ("*** JOB 12 ON node CANCELLED AT ... ***"), then the first task srun saw
     # die ("srun: error: node: task 1: Killed": the other tasks were killed after it), then the step's notice,
     # then the kernel's and srun's

@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,12 +45,13 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from vqbench.errors import UserError
 from vqbench.provenance import git_provenance
 from vqbench.slurm import jobs
+from vqbench.slurm.inprocess import run_debug
 from vqbench.slurm.profile import CLUSTERS, Profile
 from vqbench.slurm.snapshot import launcher, ship_plugins, snapshot_code
 from vqbench.slurm.sweep import Sweep, check_buildable
 from vqbench.slurm.worker import SweepWorker
 from vqbench.spec import RunSpec
-from vqbench.store import ResultStore, atomic_write_table, final_metrics, format_run_summary
+from vqbench.store import ResultStore
 
 STATES = ("done", "running", "pending", "failed", "diverged", "unsubmitted")
 ACTIVE = ("running", "pending", "unknown")
@@ -61,6 +63,7 @@ class RunState:
     state: str  # one of STATES, or "unknown" (the scheduler could not be asked)
     error: str = ""
     job_id: str | None = None
+    produced_by: str = ""  # a stored run made by another sweep (same spec): that sweep's name
 
     def line(self) -> str:
         s = self.spec
@@ -89,6 +92,10 @@ class SweepStatus:
     def summary_line(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.counts.items())
 
+    def producers(self) -> dict[str, int]:
+        """Finished runs of this sweep that another sweep (or a plain ``vqbench run``) produced: who, how many."""
+        return dict(Counter(r.produced_by for r in self.of("done", "diverged") if r.produced_by))
+
     def format(self) -> str:
         lines = [f"sweep {self.sweep}: {len(self.runs)} runs in {self.results}", "  " + self.summary_line()]
         failed = self.of("failed")
@@ -96,7 +103,14 @@ class SweepStatus:
             lines.append("failed:")
             lines += [f"  {r.line()}" for r in failed]
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"note: {line}" for line in produced_lines(self.producers())]
         return "\n".join(lines)
+
+
+def produced_lines(producers: dict[str, int]) -> list[str]:
+    """``{"sweep X": 3}`` -> "3 finished run(s) were produced by sweep X (the same specs): ..."."""
+    return [f"{n} finished run(s) were produced by {who} (the same specs, so they count here too and are not run "
+            "again)" for who, n in sorted(producers.items())]
 
 
 @dataclass
@@ -114,6 +128,7 @@ class SweepSummary:
     plan: list[str] = field(default_factory=list)  # dry run: what would be submitted
     results: list[dict[str, Any]] = field(default_factory=list)  # debug executor: per-run outcome
     status: SweepStatus | None = None  # after waiting
+    producers: dict[str, int] = field(default_factory=dict)  # complete runs another sweep produced: who, how many
 
     @property
     def failed(self) -> int:
@@ -123,7 +138,9 @@ class SweepSummary:
 
     def format(self) -> str:
         verb = "would submit" if self.dry_run else "submitted"
-        lines = [f"sweep {self.sweep}: {self.total} runs; {self.complete} complete (skipped), {self.in_flight} "
+        by = "; ".join(f"{n} by {who}" for who, n in sorted(self.producers.items()))
+        complete = f"{self.complete} complete (skipped{'; produced ' + by if by else ''})"
+        lines = [f"sweep {self.sweep}: {self.total} runs; {complete}, {self.in_flight} "
                  f"pending/running from an earlier submission (skipped); {verb} {self.submitted} "
                  f"({self.executor})"]
         lines += [f"  {p}" for p in self.plan]
@@ -169,14 +186,18 @@ def sweep_status(sweep: Sweep, results: str | os.PathLike[str]) -> SweepStatus:
     for spec in sweep.specs():
         row = rows.get(spec.run_id, _Row(None))
         if row.status == "ok":
-            states.append(RunState(spec, "done"))
+            states.append(RunState(spec, "done", produced_by=row.producer(sweep.name)))
         elif row.status == "diverged":
-            states.append(RunState(spec, "diverged", row.error))
+            states.append(RunState(spec, "diverged", row.error, produced_by=row.producer(sweep.name)))
         elif spec.run_id in subs and subs[spec.run_id].submitted_at > row.finished:
             states.append(None)  # submitted after any stored failure: ask the job
             waiting.append((len(states) - 1, spec, subs[spec.run_id]))
         elif row.status in ("failed", "timeout"):
-            states.append(RunState(spec, "failed", row.error or row.status))
+            sub = subs.get(spec.run_id)  # the job that wrote this row, if one did: its log may say more
+            death = jobs.task_death(sub) if sub is not None else None  # (the rank that died first)
+            error = row.error or row.status
+            states.append(RunState(spec, "failed", f"{error}; log: {death}" if death else error,
+                                   sub.job_id if sub is not None else None))
         else:
             states.append(RunState(spec, "unsubmitted"))
     slurm_subs = [s for _, _, s in waiting if s.executor == "slurm"]
@@ -211,10 +232,13 @@ def sweep_status(sweep: Sweep, results: str | os.PathLike[str]) -> SweepStatus:
         # the job is gone: a result written meanwhile counts, otherwise it failed
         row = _read_rows(store, [spec.run_id]).get(spec.run_id, _Row(None))
         if row.status in ("ok", "diverged"):
-            states[index] = RunState(spec, "done" if row.status == "ok" else "diverged", row.error, sub.job_id)
+            states[index] = RunState(spec, "done" if row.status == "ok" else "diverged", row.error, sub.job_id,
+                                     row.producer(sweep.name))
             continue
         if row.status in ("failed", "timeout") and row.finished >= sub.submitted_at:
-            states[index] = RunState(spec, "failed", row.error or row.status, sub.job_id)
+            death = jobs.task_death(sub)  # a data-parallel run: the rank that died first says more
+            error = row.error or row.status
+            states[index] = RunState(spec, "failed", f"{error}; log: {death}" if death else error, sub.job_id)
             continue
         if sub.executor == "slurm" and acct is None:
             acct = jobs.sacct_states([s.job_id for s in slurm_subs]) or {}
@@ -229,6 +253,13 @@ class _Row:
     status: str | None
     error: str = ""
     finished: float = float("-inf")
+    suites: tuple[str, ...] = ()  # the suite:<name> tags of the stored run (the sweep that produced it)
+
+    def producer(self, sweep: str) -> str:
+        """Who produced this stored run, when not ``sweep``: "sweep X", or "`vqbench run` (no sweep)"."""
+        if sweep in self.suites:
+            return ""
+        return f"sweep {self.suites[0]}" if self.suites else "`vqbench run` (no sweep)"
 
 
 def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
@@ -242,14 +273,16 @@ def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
         if not path.exists():
             return run_id, None
         try:
-            rows = pq.read_table(path, schema=RUNS_SCHEMA, columns=["status", "error", "finished_at"]).to_pylist()
+            rows = pq.read_table(path, schema=RUNS_SCHEMA, columns=["status", "error", "finished_at", "tags"]
+                                 ).to_pylist()
         except Exception:  # noqa: BLE001 - damaged: as if absent (the store warns when it loads it)
             return run_id, None
         if len(rows) != 1:
             return run_id, None
         finished = rows[0]["finished_at"]
+        suites = tuple(t.removeprefix("suite:") for t in rows[0]["tags"] or () if t.startswith("suite:"))
         return run_id, _Row(rows[0]["status"], " ".join(str(rows[0]["error"] or "").split()),
-                            finished.timestamp() if finished is not None else float("-inf"))
+                            finished.timestamp() if finished is not None else float("-inf"), suites)
 
     if len(run_ids) > 64:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -277,7 +310,7 @@ def _provenance() -> dict[str, str]:
     return {"VQBENCH_GIT_COMMIT": commit, "VQBENCH_GIT_DIRTY": "1" if dirty else "0"}
 
 
-def _write_membership(sweep: Sweep, results: Path) -> Path:
+def write_membership(sweep: Sweep, results: Path) -> Path:
     path = results / "sweeps" / f"{sweep.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
@@ -328,6 +361,7 @@ def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executo
     if executor is not None and executor not in CLUSTERS:
         raise UserError(f"unknown executor {executor!r}: use {', '.join(CLUSTERS)}")
     check_buildable(sweep)  # a value a method or task refuses fails here, not in a job
+    _check_executor(sweep, executor)
     if dry_run:
         summary = _submit(sweep, results, executor, True, device, say, workers)
     else:
@@ -339,6 +373,16 @@ def run_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results", executo
     elif not dry_run and summary.results:
         summary.status = sweep_status(sweep, results)
     return summary
+
+
+def _check_executor(sweep: Sweep, executor: str | None) -> None:
+    """A run shape the executor cannot run fails before anything is written (several nodes need Slurm)."""
+    for profile, _ in sweep.groups():
+        kind = executor or profile.cluster
+        if kind != "slurm" and profile.nodes > 1:
+            raise UserError(f"runs of {profile.nodes} nodes need Slurm, but the {kind} executor runs on this machine "
+                            f"only: use --executor slurm, or nodes: 1 (the {kind} executor runs the "
+                            f"{profile.world_size} ranks of a run as local processes)")
 
 
 @contextlib.contextmanager
@@ -367,81 +411,41 @@ def _submit(sweep: Sweep, results: Path, executor: str | None, dry_run: bool, de
                         f"({'; '.join(status.notes)}): not submitting anything twice; retry when Slurm answers")
     todo_ids = {r.spec.run_id for r in status.of("unsubmitted", "failed")}
     summary = SweepSummary(sweep.name, "", len(status.runs), len(status.of("done", "diverged")),
-                           len(status.of("running", "pending", "unknown")), len(todo_ids), dry_run=dry_run)
+                           len(status.of("running", "pending", "unknown")), len(todo_ids), dry_run=dry_run,
+                           producers=status.producers())
     groups = [(p, [s for s in specs if s.run_id in todo_ids]) for p, specs in sweep.groups()]
     groups = [(p, specs) for p, specs in groups if specs]
     kinds = sorted({executor or p.cluster for p, _ in groups}) or [executor or sweep.profile.cluster]
     summary.executor = "+".join(kinds)
+    jobs_root = jobs.jobs_dir(results, sweep.name)
     if not dry_run:
-        _write_membership(sweep, results)
+        write_membership(sweep, results)
+        jobs.clean_stray_submission_files(jobs_root / "logs")  # left by a submission killed or refused earlier
     if not groups:
         summary.plan.append("nothing to submit")
         return summary
-    jobs_root = jobs.jobs_dir(results, sweep.name)
     for profile, specs in groups:
         kind = executor or profile.cluster
         if kind == "debug":
-            summary.plan.append(f"{len(specs)} run(s) in this process, one after the other" if workers <= 1 else
-                                f"{len(specs)} run(s) in {min(workers, len(specs))} worker processes of one thread")
+            ranks = profile.world_size
+            if ranks > 1:
+                summary.plan.append(f"{len(specs)} run(s) one after the other, each as {ranks} processes (ranks) "
+                                    "on this machine")
+            else:
+                summary.plan.append(f"{len(specs)} run(s) in this process, one after the other" if workers <= 1
+                                    else f"{len(specs)} run(s) in {min(workers, len(specs))} worker processes of "
+                                    "one thread")
             if not dry_run:
                 summary.jobs.append("in-process")
-                summary.results += _run_debug(sweep, specs, results, device, say, workers)
+                jobs.record_submissions(results, sweep.name, [
+                    jobs.Submission(spec.run_id, f"debug-{os.getpid()}", "debug", "", sweep.name, time.time())
+                    for spec in specs])
+                summary.results += run_debug(str(results), sweep.name, specs, device, say, workers, ranks)
         elif kind == "local":
             _submit_local(sweep, profile, specs, results, jobs_root, dry_run, summary, device)
         else:
             _submit_slurm(sweep, profile, specs, results, jobs_root, dry_run, summary, device)
     return summary
-
-
-def _run_debug(sweep: Sweep, specs: list[RunSpec], results: Path, device: str | None,
-               say: Callable[[str], None], workers: int = 1) -> list[dict[str, Any]]:
-    job_id = f"debug-{os.getpid()}"
-    jobs.record_submissions(results, sweep.name, [jobs.Submission(spec.run_id, job_id, "debug", "", sweep.name,
-                                                                  time.time()) for spec in specs])
-    out = []
-    if workers > 1 and len(specs) > 1:
-        import multiprocessing
-
-        # spawn, not fork: a forked child of a process that already ran OpenMP regions can hang
-        context = multiprocessing.get_context("spawn")
-        from vqbench.registry import loaded_plugins
-
-        plugins = tuple(loaded_plugins())  # the sweep's and the command line's: workers load them too
-        args = [(str(results), sweep.name, device, spec.to_json(), plugins) for spec in specs]
-        with context.Pool(min(workers, len(specs))) as pool:
-            for spec, outcome in zip(specs, pool.imap(_debug_one, args)):
-                out.append(outcome)
-                say(_run_line(spec, outcome))
-            pool.close()  # let the workers exit cleanly (terminate() leaves a semaphore behind)
-            pool.join()
-        return out
-    for spec in specs:
-        outcome = _debug_one((str(results), sweep.name, device, spec.to_json(), ()), threads=None)
-        out.append(outcome)
-        say(_run_line(spec, outcome))
-    return out
-
-
-def _debug_one(args: tuple[str, str, str | None, str, tuple[str, ...]], threads: int | None = 1) -> dict[str, Any]:
-    """One run of the debug executor (in this process, or in a pool worker with one torch thread)."""
-    from vqbench.registry import load_plugin
-
-    results, sweep_name, device, spec_json, plugins = args
-    for plugin in plugins:
-        load_plugin(plugin)
-    worker = SweepWorker(results, sweep_name, plugins=[], device=device, verbose=False, progress=None,
-                         threads=threads)
-    run_id = RunSpec.from_json(spec_json).run_id
-    try:
-        return worker([spec_json])[0]
-    except (RuntimeError, UserError) as exc:  # the worker raises after recording a run that raised
-        return {"run_id": run_id, "status": "error", "error": str(exc)}
-
-
-def _run_line(spec: RunSpec, outcome: dict[str, Any]) -> str:
-    return format_run_summary(spec.run_id, spec.method, spec.task, spec.seed, outcome["status"],
-                              error=outcome.get("error") or "", final=outcome.get("final"),
-                              main_metric=outcome.get("main_metric"), wall_time_s=outcome.get("wall_time_s"))
 
 
 class _SnapshotCommand:
@@ -474,7 +478,9 @@ def _code_and_plugins(sweep: Sweep, profile: Profile, jobs_root: Path) -> tuple[
 def _submit_local(sweep: Sweep, profile: Profile, specs: list[RunSpec], results: Path, jobs_root: Path,
                   dry_run: bool, summary: SweepSummary, device: str | None) -> None:
     shares = _spread(specs, profile.local_parallelism())
-    summary.plan.append(f"{len(specs)} run(s) as {len(shares)} local process(es) (at most "
+    ranks = profile.ranks_per_node
+    each = f" of {ranks} processes (ranks) each" if ranks > 1 else ""
+    summary.plan.append(f"{len(specs)} run(s) as {len(shares)} local job(s){each} (at most "
                         f"{profile.local_parallelism()} at once), each running its share in turn")
     if dry_run:
         return
@@ -483,26 +489,54 @@ def _submit_local(sweep: Sweep, profile: Profile, specs: list[RunSpec], results:
     ex = _LocalExecutor(folder=folder, max_num_timeout=profile.max_num_timeout, python=profile.python)
     ex.launcher = str(launcher(code)) if code else None
     worker = SweepWorker(str(results), sweep.name, plugins, threads=profile.cpus, provenance=_provenance(),
-                         device=device)
+                         device=device, ranks=ranks)
+    gpus = ranks if profile.gpus and ranks > 1 else profile.gpus
     for share in shares:
+        # the local controller starts `ranks` tasks, ends them all when one ends, and sets CUDA_VISIBLE_DEVICES
         ex.update_parameters(timeout_min=profile.time * len(share), signal_delay_s=profile.signal_delay_s,
-                             setup=_setup_lines(code))
-        job = ex.submit(worker, [s.to_json() for s in share])
+                             setup=_setup_lines(code), tasks_per_node=ranks, gpus_per_node=gpus)
+        job = _submitting(ex, profile, summary, jobs_root, lambda: ex.submit(worker, [s.to_json() for s in share]))
         now = time.time()
         jobs.record_submissions(results, sweep.name, [
             jobs.Submission(s.run_id, str(job.job_id), "local", str(folder), sweep.name, now) for s in share])
         summary.jobs.append(str(job.job_id))
 
 
+def _submitting(ex: Any, profile: Profile, summary: SweepSummary, jobs_root: Path, submit: Callable[[], Any]) -> Any:
+    """``submit()``; a refusal is a one-line UserError (with what to fix), leaving no stray files behind."""
+    try:
+        return submit()
+    except (FailedJobError, FailedSubmissionError, OSError, subprocess.CalledProcessError) as exc:
+        jobs.clean_stray_submission_files(jobs_root / "logs")
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        before = f"; arrays submitted before it stay queued ({', '.join(summary.jobs)})" if summary.jobs else ""
+        what = "sbatch refused the array" if isinstance(ex, submitit.SlurmExecutor) else \
+            "the local executor could not start a job"
+        hint = jobs.missing_config_hint(detail)
+        if hint:
+            raise UserError(f"{what} for profile {profile.name}: {hint}{before}; nothing is submitted twice") from None
+        raise UserError(f"{what} for profile {profile.name}: {detail}{before}; fix the profile and rerun: nothing "
+                        "is submitted twice") from None
+    except BaseException:  # interrupted (Ctrl-C) mid-submission: no stray pickles either
+        jobs.clean_stray_submission_files(jobs_root / "logs")
+        raise
+
+
 def _submit_slurm(sweep: Sweep, profile: Profile, specs: list[RunSpec], results: Path, jobs_root: Path,
                   dry_run: bool, summary: SweepSummary, device: str | None) -> None:
-    cluster_limit = jobs.max_array_size()
-    limit = cluster_limit or 1001  # Slurm's default MaxArraySize
+    config = jobs.slurm_config()
+    if config.problem and not dry_run:
+        raise UserError(f"{config.problem}; nothing was submitted")
+    limit = config.max_array_size or 1001  # Slurm's default MaxArraySize
     size = max(1, min(limit, profile.max_array_size or limit))
     chunks = _chunks(specs, size)
     folder = jobs_root / "logs" / "%j"
     job_name = f"vqbench-{sweep.name}"
-    known = "" if cluster_limit else " (MaxArraySize not readable here: Slurm's default 1001 assumed)"
+    if config.problem:
+        summary.plan.append(f"warning: {config.problem}")
+        known = " (MaxArraySize unknown until Slurm can be asked: Slurm's default 1001 assumed)"
+    else:
+        known = "" if config.max_array_size else " (MaxArraySize not readable here: Slurm's default 1001 assumed)"
     summary.plan.append(f"{len(specs)} run(s) as {len(chunks)} Slurm array(s) of at most {size}{known} "
                         f"(%{profile.array_parallelism or 256} at once) with profile {profile.label()}")
     if dry_run:
@@ -520,16 +554,14 @@ def _submit_slurm(sweep: Sweep, profile: Profile, specs: list[RunSpec], results:
     ex.launcher = str(launcher(code)) if code else None
     ex.update_parameters(**profile.slurm_parameters(job_name, _setup_lines(code)))
     worker = SweepWorker(str(results), sweep.name, plugins, threads=profile.cpus, provenance=_provenance(),
-                         device=device)
+                         device=device, ranks=profile.world_size)
+
+    def submit_chunk(chunk: list[RunSpec]) -> list[Any]:
+        with ex.batch():
+            return [ex.submit(worker, [s.to_json()]) for s in chunk]
+
     for chunk in chunks:
-        try:
-            with ex.batch():
-                submitted = [ex.submit(worker, [s.to_json()]) for s in chunk]
-        except (FailedJobError, FailedSubmissionError, OSError) as exc:
-            detail = " ".join(str(exc).split()) or type(exc).__name__
-            before = f"; arrays submitted before it stay queued ({', '.join(summary.jobs)})" if summary.jobs else ""
-            raise UserError(f"sbatch refused the array for profile {profile.name}: {detail}{before}; fix the "
-                            "profile and rerun: nothing is submitted twice") from None
+        submitted = _submitting(ex, profile, summary, jobs_root, lambda chunk=chunk: submit_chunk(chunk))
         now = time.time()
         jobs.record_submissions(results, sweep.name, [
             jobs.Submission(s.run_id, str(j.job_id), "slurm", str(folder), sweep.name, now)
@@ -549,37 +581,3 @@ def _wait(sweep: Sweep, results: Path, poll_s: float, say: Callable[[str], None]
         if not status.of(*ACTIVE):
             return status
         time.sleep(poll_s)
-
-
-# -- collect ---------------------------------------------------------------------------------------
-@dataclass
-class CollectSummary:
-    sweep: str
-    table: Path
-    membership: Path
-    rows: int
-    status: SweepStatus
-
-    def format(self) -> str:
-        return (f"sweep {self.sweep}: {self.rows} of {len(self.status.runs)} runs have rows "
-                f"({self.status.summary_line()})\n  table: {self.table}\n  members: {self.membership}")
-
-
-def collect_sweep(sweep: Sweep, results: str | os.PathLike[str] = "results") -> CollectSummary:
-    """Write the sweep's table of final metrics and its membership list under ``results/sweeps/``."""
-    import pyarrow as pa
-
-    results = Path(results).resolve()
-    store = ResultStore(results)
-    status = sweep_status(sweep, results)
-    ids = sweep.run_ids()
-    runs = store.load_runs()
-    runs = runs[runs["run_id"].isin(ids)]
-    table = final_metrics(runs, store.load_metrics(run_ids=ids)) if len(runs) else runs
-    order = {rid: i for i, rid in enumerate(ids)}
-    table = table.assign(suite=sweep.name, suite_version=sweep.version,
-                         _order=table["run_id"].map(order)).sort_values("_order").drop(columns="_order")
-    path = results / "sweeps" / f"{sweep.name}.parquet"
-    atomic_write_table(pa.Table.from_pandas(table, preserve_index=False), path)
-    membership = _write_membership(sweep, results)
-    return CollectSummary(sweep.name, path, membership, len(table), status)

@@ -9,8 +9,8 @@ interrupted one resumes from its last checkpoint (``results/checkpoints/<run_id>
 
 A data-parallel run (``ranks`` > 1) is one job of ``ranks`` tasks, each running this worker with the same
 specs: :meth:`SweepWorker._join_ranks` exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from
-the job (``submitit.helpers.TorchDistributedEnvironment``; a port per run, so runs in turn never share one) and
-picks this rank's GPU, then :func:`vqbench.runner.run` trains on every rank and rank 0 writes the store. Only
+the job (``submitit.helpers.TorchDistributedEnvironment``; a port per run, so runs in turn never share one),
+then :func:`vqbench.runner.run` trains on every rank and rank 0 writes the store. Only
 rank 0 records attempts and prints; on the checkpoint signal rank 0 checkpoints and requeues the job.
 """
 
@@ -73,7 +73,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
             load_plugin(plugin_to_load(ref))
 
     def _join_ranks(self) -> bool:
-        """In a job of ``ranks`` tasks: export torch.distributed's variables and pick this rank's GPU.
+        """In a job of ``ranks`` tasks: export the variables torch.distributed reads (``env://``).
 
         Returns whether MASTER_PORT should be set per run (a submitit job; the debug executor's spawner sets
         the variables itself, one run per set of processes)."""
@@ -88,15 +88,7 @@ class SweepWorker(submitit.helpers.Checkpointable):
                 raise RuntimeError(f"the job has {env.world_size} tasks but its runs need {self.ranks} ranks")
             per_run_port = True
         self.rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if self.device in (None, "cuda"):
-            import torch
-
-            if torch.cuda.is_available():  # every rank sees the node's GPUs; rank r of a node takes GPU r
-                count = torch.cuda.device_count()
-                if local_rank >= count > 1:
-                    raise RuntimeError(f"local rank {local_rank} but only {count} GPUs are visible on this node")
-                torch.cuda.set_device(local_rank if count > 1 else 0)
+        # the runner joins the process group from these variables and takes cuda:$LOCAL_RANK on a GPU node
         return per_run_port
 
     def __call__(self, specs: list[str]) -> list[dict[str, Any]]:

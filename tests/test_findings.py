@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from vqbench.commands.findings import FINDINGS, draw_finding, finding_table
@@ -66,3 +67,79 @@ def test_missing_runs_say_what_to_do(tmp_path):
 
     with pytest.raises(UserError, match="vqbench reproduce tokens-collapse"):
         draw_finding(tmp_path, "tokens-collapse")
+
+
+# -- captions come from the data (a store written by hand: no training, fast) ---------------------------------
+def _store_run(store, method, params, seed, finals, task="gmm-codebook", suite="tokens-collapse"):
+    from vqbench.spec import canonical_json
+
+    rid = f"{method}-{canonical_json(params)}-{seed}"
+    store.write_metrics(task, rid, [("eval", 100, name, value) for name, value in finals.items()])
+    store.write_run({"run_id": rid, "task": task, "task_version": 1, "task_params": "{}", "method": method,
+                     "method_version": 1, "method_params": canonical_json(params), "method_family": "f",
+                     "seed": seed, "budget": '{"steps":100}', "tags": [f"suite:{suite}"], "spec": "{}",
+                     "status": "ok", "main_metric": "mse", "higher_is_better": False})
+
+
+def _tokens_store(root, kmeans_low: float = 0.92):
+    """vq collapses at init scale 0.01, vq-kmeans keeps ``kmeans_low`` there (2 seeds), fsq has no knob."""
+    from vqbench.store import ResultStore
+
+    store = ResultStore(root)
+    values = {("vq", 0.01): (0.21, 0.004), ("vq", 1.0): (0.80, 0.7), ("vq-kmeans", 0.01): (kmeans_low, 0.6),
+              ("vq-kmeans", 1.0): (0.95, 0.75)}
+    for (method, scale), (util, tci) in values.items():
+        for seed in (0, 1, 2) if method == "vq" else (0, 1):
+            params = {"init": "data", "init_scale": scale, "init_offset": 0.0}
+            _store_run(store, method, params, seed, {"utilization": util, "tokens_collapse_index": tci,
+                                                     "mse": 0.1 / util})
+    for seed in (0, 1, 2):
+        _store_run(store, "fsq", {"levels": [8, 5, 5, 5]}, seed, {"utilization": 0.995,
+                                                                  "tokens_collapse_index": 1.0, "mse": 0.05})
+    # a run with the offset knob set is not part of this figure
+    _store_run(store, "vq", {"init": "data", "init_scale": 0.01, "init_offset": 8.0}, 0,
+               {"utilization": 0.01, "tokens_collapse_index": 0.01, "mse": 9.0})
+
+
+def test_caption_sentences_come_from_the_data(tmp_path):
+    from vqbench.commands.findings import caption_sentences
+
+    _tokens_store(tmp_path)
+    finding = FINDINGS["tokens-collapse"]
+    folder = draw_finding(tmp_path, "tokens-collapse")
+    meta = json.loads((folder / "meta.json").read_text())
+    sentences = caption_sentences(finding, pd.read_csv(folder / "data.csv"))
+    assert meta["caption"] == " ".join([finding.caption, *sentences])
+    assert len(sentences) == 4  # the knob values, then one per panel
+    assert sentences.pop(0) == ("Worst and best init scale by mean codebook utilization over the methods with that "
+                                "knob: 0.01 and 1.")
+    assert sentences[0] == ("At init scale 0.01 (worst), vq uses 21% of its codes (3 seeds), vq-kmeans 92% "
+                            "(2 seeds); at init scale 1 (best), vq uses 80% of its codes (3 seeds), vq-kmeans 95% "
+                            "(2 seeds); without the knob, fsq uses 100% of its codes (3 seeds).")
+    assert sentences[1].startswith("At init scale 0.01 (worst), tokens-collapse index: vq 0.004 (3 seeds), "
+                                   "vq-kmeans 0.6 (2 seeds)")
+    assert sentences[2].startswith("At init scale 0.01 (worst), reconstruction MSE: vq 0.476 (3 seeds)")
+    # other data, other caption: nothing is written by hand
+    other = tmp_path / "other"
+    _tokens_store(other, kmeans_low=0.3)
+    again = json.loads((draw_finding(other, "tokens-collapse") / "meta.json").read_text())["caption"]
+    assert "vq-kmeans 30% (2 seeds)" in again and "vq-kmeans 92%" not in again
+
+
+def test_caption_with_equal_seeds_and_one_knob_value():
+    from vqbench.commands.findings import caption_sentences
+
+    data = pd.DataFrame({"method": ["vq", "vq-restart", "vq", "vq-restart"], "x": [2.0, 2.0, 2.0, 2.0],
+                         "metric": ["embedding_rank", "embedding_rank", "utilization", "utilization"],
+                         "mean": [1.5, 1.6, 0.2, 0.88], "std": [0.1] * 4, "seeds": [3] * 4})
+    finding = FINDINGS["embeddings-collapse"]
+    knob, rank, utilization = caption_sentences(finding, data)
+    assert knob == "One encoder width was run: 2."
+    assert rank == "At encoder width 2 (only), embedding effective rank: vq 1.5, vq-restart 1.6 (3 seeds each)."
+    assert utilization == "At encoder width 2 (only), vq uses 20% of its codes, vq-restart 88% (3 seeds each)."
+
+
+def test_no_finding_states_a_result_by_hand():
+    for finding in FINDINGS.values():
+        for claim in ("immune", "whatever", "never selected", "few codes can"):
+            assert claim not in finding.caption, (finding.name, claim)

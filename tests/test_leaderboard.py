@@ -168,27 +168,35 @@ def test_suite_tables_mean_rank_and_incomplete_rows(synthetic):
 
 
 def test_mean_rank_excludes_incomplete_rows(tmp_path):
-    """Hand-made store: C is best on t1 but has no t2; ranking it would change A's and B's ranks."""
+    """Hand-made store: C is best on t1 but has no t2; ranking it would change A's and B's ranks. The same rule
+    ranks utilization (higher is better): B uses more codes than A on both tasks."""
     store = ResultStore(tmp_path / "results")
     values = {("A", "t1"): [1.0, 1.2], ("A", "t2"): [5.0, 5.2], ("B", "t1"): [2.0, 2.2], ("B", "t2"): [4.0, 4.4],
               ("C", "t1"): [0.5, 0.6]}
+    utilization = {"A": 0.25, "B": 0.75, "C": 1.0}
     for (method, task), vals in values.items():
         for seed, v in enumerate(vals):
             rid = f"{method}{task}{seed}"
             metric = "mse" if task == "t1" else "psnr"
             spec = {"task": task, "method": method, "seed": seed, "task_params": {}, "method_params": {},
                     "budget": {"steps": 10}, "tags": ["suite:s"], "task_version": 1, "method_version": 1}
-            store.write_metrics(task, rid, [("eval", 10, metric, v), ("eval", 10, "utilization", 0.5)])
+            store.write_metrics(task, rid, [("eval", 10, metric, v), ("eval", 10, "utilization", utilization[method])])
             store.write_run({"run_id": rid, "task": task, "task_version": 1, "task_params": "{}", "method": method,
                              "method_version": 1, "method_params": "{}", "method_family": "f", "seed": seed,
                              "budget": '{"steps":10}', "tags": ["suite:s"], "spec": canonical_json(spec),
                              "status": "ok", "main_metric": metric, "higher_is_better": task == "t2"})
     site = tmp_path / "site"
     build_site(tmp_path / "results", site)
-    rows = read_tables(site / "index.html")["suite-s-table"]["rows"]
+    table = read_tables(site / "index.html")["suite-s-table"]
+    rows = table["rows"]
+    rank, util_rank = table["head"].index("Mean rank"), table["head"].index("Utilization rank")
     by_method = {r["cells"][0]["text"].replace("incomplete", "").strip(): r for r in rows}
-    assert _num(by_method["A"]["cells"][-2]) == 1.0 and _num(by_method["B"]["cells"][-2]) == 2.0
-    assert math.isnan(_num(by_method["C"]["cells"][-2])) and "incomplete" in by_method["C"]["cells"][0]["text"]
+    assert _num(by_method["A"]["cells"][rank]) == 1.0 and _num(by_method["B"]["cells"][rank]) == 2.0
+    assert math.isnan(_num(by_method["C"]["cells"][rank])) and "incomplete" in by_method["C"]["cells"][0]["text"]
+    assert _num(by_method["A"]["cells"][util_rank]) == 2.0 and _num(by_method["B"]["cells"][util_rank]) == 1.0
+    assert math.isnan(_num(by_method["C"]["cells"][util_rank]))
+    assert "missing utilization: t2" in by_method["C"]["cells"][util_rank]["attrs"]["title"]
+    assert "util 0.25" in by_method["A"]["cells"][3]["text"] and "util 0.75" in by_method["B"]["cells"][4]["text"]
     assert [r["cells"][0]["text"].split("incomplete")[0].strip() for r in rows] == ["A", "B", "C"]
     a_t1 = by_method["A"]["cells"][3]
     assert _num(a_t1) == pytest.approx(1.1) and "n=2" in a_t1["text"]

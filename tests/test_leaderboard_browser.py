@@ -307,6 +307,29 @@ def test_every_link_of_the_main_pages_answers_over_http(http_root, synthetic):
     assert len(seen) > 100
 
 
+def test_index_shows_collapse_next_to_quality_and_links_the_protocol(driver, root, synthetic):
+    """Each index cell holds the mean and, on a line of its own, the utilization; the not-converged badges carry
+    their change in a tooltip; the Protocol page is one click away and explains the rule."""
+    _open(driver, root + "index.html")
+    table = "suite-collapse-v1-table"
+    util = driver.find_element(*_by(f"#{table} td.num small.util"))
+    cell = driver.execute_script("return arguments[0].parentNode", util)
+    link = cell.find_element(*_by("a"))
+    assert util.text.startswith("util ") and util.location["y"] > link.location["y"]  # a second line
+    badge = driver.find_element(*_by(f"#{table} .badge.conv"))
+    assert "not converged" in badge.text and "changed" in badge.get_attribute("title")
+    column = _header_index(driver, table, "Utilization rank")
+    header = driver.find_elements(*_by(f"#{table} thead th"))[column]
+    header.click()
+    assert _is_sorted(_values(driver, table, column), descending=False)
+    driver.find_element(*_by("header.top a[href$='protocol.html']")).click()
+    assert driver.find_element(*_by("h1")).text == "Protocol"
+    section = driver.find_element(*_by("#convergence"))
+    assert "less than 1% (relative)" in section.text and "validation split" in section.text
+    assert len(driver.find_elements(*_by("#budgets-table tbody tr"))) >= 3
+    assert not _severe_console(driver)
+
+
 # -- the XSS case, in the browser ----------------------------------------------------------------------------
 def test_hostile_strings_render_as_text(driver, root, synthetic):
     results, _, _ = synthetic

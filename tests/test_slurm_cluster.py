@@ -8,7 +8,9 @@ Covered: a job array split below MaxArraySize (the test cluster's is 5) with a f
 the jobs; a job cancelled with scancel shows as failed (from the job log without accounting, from sacct
 with it) and a rerun resumes it from its checkpoint; a job interrupted by the checkpoint signal is
 requeued and ends with exactly the metrics of an uninterrupted run; a driver killed mid-sweep, then
-rerun, submits nothing twice.
+rerun, submits nothing twice; a data-parallel run of 2 tasks (gloo) through `vqbench sweep run` matches the
+run in one process within the runner's tolerance, and one of its ranks killed mid-run fails the job with
+the dead task named in `vqbench sweep status`, and `sweep run` again resumes it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -257,6 +259,99 @@ def test_driver_killed_mid_sweep_then_rerun_submits_nothing_twice(cluster, tmp_p
     assert {rid: len(s) for rid, s in starts(results).items()} == {rid: 1 for rid in sweep.run_ids()}
     assert len(jobs.latest_submissions(results)) == 4
     assert run_sweep(sweep, results, log=None).submitted == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vqbench.commands.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_two_task_run_through_sweep_run_matches_one_process(cluster, tmp_path):
+    cluster.use(accounting=False)
+    path = sweep_file(tmp_path, "ranks", "[vq]", "{steps: 120, batch_size: 64, eval_interval: 60}",
+                      extra="ranks_per_run: 2\n")
+    results = tmp_path / "results"
+    t0 = time.perf_counter()
+    proc = _cli("sweep", "run", str(path), "--results", str(results), "--wait", "--poll", "1")
+    cluster.timings["2-task run through sweep run"] = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 node(s) x 2 rank(s) of 1 cpu" in proc.stdout and "done 1" in proc.stdout, proc.stdout
+    sweep = load_sweep(path)
+    (spec,) = sweep.specs()
+    (job_id,) = {a["job_id"] for a in starts(results)[spec.run_id]}  # rank 0 alone records its start
+    script = (jobs.jobs_dir(results, "ranks") / "logs" / job_id / f"{job_id}_submission.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --mem=2G" in script and "--kill-on-bad-exit=1" in script
+    row = ResultStore(results).load_runs().iloc[0]
+    assert (row["status"], row["world_size"], row["slurm_job_id"]) == ("ok", 2, job_id)
+    # the same spec in one process (the jobs' one thread per rank), within the runner's stated tolerance
+    import torch
+
+    from vqbench.runner import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
+    finally:
+        torch.set_num_threads(threads)
+
+    def final(root: Path) -> dict[str, float]:
+        store = ResultStore(root)
+        table = final_metrics(store.load_runs(), store.load_metrics())
+        return {c: float(table[c].iloc[0]) for c in table.columns if c.startswith("metric.")}
+
+    two, one = final(results), final(tmp_path / "reference")
+    assert two and two.keys() == one.keys()
+    assert all(abs(two[k] - one[k]) <= 1e-5 * max(1.0, abs(two[k]), abs(one[k])) for k in two), (two, one)
+
+
+def _task_pid(job_id: str, task: int) -> int | None:
+    """The pid of task ``task`` of job ``job_id`` (the Python process srun started), from /proc."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode(errors="replace")
+                       .split("\0") if "=" in item)
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(task) \
+                and env.get("SLURM_STEP_ID") not in (None, "4294967294") and "vqbench_submit" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_rank_fails_the_run_with_its_reason_and_a_rerun_resumes(cluster, tmp_path):
+    cluster.use(accounting=False)
+    path = sweep_file(tmp_path, "rankkill", "[vq]", LONG, extra="ranks_per_run: 2\n")
+    sweep = load_sweep(path)
+    (spec,) = sweep.specs()
+    results = tmp_path / "results"
+    (job_id,) = run_sweep(sweep, results, log=None).jobs
+    wait_for(ResultStore(results).checkpoint_path(spec.run_id).exists, 240, "a first checkpoint")
+    pid = wait_for(lambda: _task_pid(job_id, 1), 30, "rank 1's process")
+    os.kill(pid, 9)
+    t0 = time.perf_counter()
+    wait_for(lambda: (lambda s: s if s.of("failed") else None)(sweep_status(sweep, results)), 90,
+             "the job to show as failed", poll=0.5, show=lambda: sweep_status(sweep, results).format())
+    status = wait_for(lambda: (lambda s: s if "task 1: Killed" in s.of("failed")[0].error else None)(
+        sweep_status(sweep, results)), 30, "the reason to name the killed task", poll=0.5,
+        show=lambda: sweep_status(sweep, results).format())
+    cluster.timings["killed rank seen as failed"] = time.perf_counter() - t0
+    assert status.of("failed")[0].job_id == job_id
+    proc = _cli("sweep", "status", str(path), "--results", str(results))
+    assert proc.returncode == 1 and "failed 1" in proc.stdout and "task 1: Killed" in proc.stdout, proc.stdout
+    assert f"[job {job_id}]" in proc.stdout
+    assert squeue().get(job_id) is None  # the whole job ended with its rank
+    # `sweep run` again submits it, and it resumes from the checkpoint on both ranks
+    again = run_sweep(sweep, results, log=None)
+    assert again.submitted == 1
+    assert finish(sweep, results).counts["done"] == 1, sweep_status(sweep, results).format()
+    attempts = starts(results)[spec.run_id]
+    assert [(a["resumed"], a["ranks"]) for a in attempts] == [(False, 2), (True, 2)]
+    row = ResultStore(results).load_runs().iloc[0]
+    assert (row["status"], row["world_size"]) == ("ok", 2)
 
 
 # -- with accounting --------------------------------------------------------------------------------

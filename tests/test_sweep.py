@@ -4,6 +4,7 @@ executor (in-process), status and collect. No Slurm needed (see test_slurm_clust
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from vqbench.methods.base import nearest_code
 from vqbench.quantizer import QuantizeOutput, Quantizer
 from vqbench.registry import METHODS, TASKS
 from vqbench.slurm import jobs
+from vqbench.slurm.collect import collect_sweep
 from vqbench.slurm.config import ConfigError
-from vqbench.slurm.launch import collect_sweep, run_sweep, sweep_status
+from vqbench.slurm.launch import run_sweep, sweep_status
 from vqbench.slurm.profile import load_profile
 from vqbench.slurm.sweep import SUITES_DIR, load_sweep, parse_sweep
 from vqbench.spec import make_spec, task_budget
@@ -232,7 +234,7 @@ ERRORS = [
     ({"seeds": "[1, 1]"}, r"seeds: seeds repeat", "seeds:"),
     ({"seeds": "[a]"}, r"seeds\[0\]: expected a seed", "seeds:"),
     ({"executor": "{cluster: kubernetes}"}, r"executor\.cluster: unknown cluster 'kubernetes'", "executor:"),
-    ({"executor": "gpux"}, r"executor: no profile 'gpux' \(did you mean 'gpu'\?\)", "executor:"),
+    ({"executor": "gpux"}, r"executor: no profile 'gpux' \(did you mean 'gpu'", "executor:"),
     ({"executor": "{time: soon}"}, r"executor\.time: expected minutes", "executor:"),
     ({"executor": "{mem: lots}"}, r"executor\.mem: expected a memory size", "executor:"),
     ({"executor": "{additional_parameters: {--exclude: n1}}"}, r"write the sbatch option without dashes",
@@ -678,3 +680,243 @@ def test_checking_a_sweep_leaves_the_random_state_alone(tmp_path):
     torch.manual_seed(3)
     check_buildable(sweep)
     assert torch.equal(torch.rand(3), expected)
+
+
+# -- data-parallel runs: the shape keys, their errors, and the sbatch lines -----------------------------------
+def test_gpus_per_run_on_gpu_nodes_shows_the_sbatch_lines(tmp_path):
+    sweep = load_sweep(write(tmp_path, base_yaml(executor="gpu-4", budget="{steps: 20, batch_size: 64}")
+                             + "gpus_per_run: 8\n"))
+    (profile, _), = sweep.groups()
+    assert (profile.nodes, profile.ranks_per_node, profile.world_size) == (2, 4, 8)
+    summary = run_sweep(sweep, tmp_path / "results", executor="slurm", dry_run=True, log=None)
+    plan = "\n".join(summary.plan)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=256G"):
+        assert line in plan, (line, plan)
+    assert "--kill-on-bad-exit=1" in plan and "2 node(s) x 4 rank(s) of 1 gpu + 8 cpu" in plan
+    eight = load_sweep(write(tmp_path, base_yaml(executor="gpu-8", budget="{steps: 20, batch_size: 64}")
+                             + "gpus_per_run: 8\n", "eight.yaml"))
+    assert (eight.runs[0].profile.nodes, eight.runs[0].profile.ranks_per_node) == (1, 8)
+    # a CPU profile: ranks_per_run processes, no GPUs; a task item may change the shape of its runs
+    text = base_yaml(executor="{cluster: slurm, cpus: 1, mem: 1G}", methods="[swt-a]",
+                     tasks=f"\n  - name: gmm\n    params: {TINY_GMM}\n  - name: gmm\n    params: "
+                           f"{TINY_GMM.replace('256', '512')}\n    ranks_per_run: 4") + "ranks_per_run: 2\n"
+    cpu = load_sweep(write(tmp_path, text, "cpu.yaml"))
+    assert [r.profile.world_size for r in cpu.runs] == [2, 4] and len(cpu.groups()) == 2
+    plan = "\n".join(run_sweep(cpu, tmp_path / "results", executor="slurm", dry_run=True, log=None).plan)
+    assert "#SBATCH --ntasks-per-node=2" in plan and "#SBATCH --mem=2G" in plan and "gpus-per-node" not in plan
+    single = load_sweep(write(tmp_path, base_yaml(executor="gpu"), "single.yaml"))
+    plan = "\n".join(run_sweep(single, tmp_path / "results", executor="slurm", dry_run=True, log=None).plan)
+    assert "#SBATCH --gpus-per-node=1" in plan and "ntasks-per-node" not in plan and "kill-on-bad-exit" not in plan
+
+
+SHAPE_ERRORS = [
+    # (extra top-level lines, executor, message regex, the text on the reported line)
+    ("gpus_per_run: 2\n", "cpu-debug", r"gpus_per_run: gpus_per_run needs a GPU profile, but profile cpu-debug has "
+     r"no GPUs \(gpus: 0\)", "gpus_per_run:"),
+    ("ranks_per_run: 2\n", "gpu", r"ranks_per_run: profile gpu has GPUs: say gpus_per_run", "ranks_per_run:"),
+    ("gpus_per_run: 2\nranks_per_run: 2\n", "gpu", r"set gpus_per_run .* or ranks_per_run .*, not both",
+     "ranks_per_run:"),
+    ("ranks_per_run: 3\n", "cpu-debug", r"ranks_per_run: 3 makes runs of 3 processes, which do not divide task "
+     r"gmm's budget.batch_size 32 .*use a batch size that is a multiple of 3, or 2 processes", "ranks_per_run:"),
+    ("gpus_per_run: 6\nnodes: 4\n", "gpu-4", r"nodes: 6 ranks do not spread evenly over 4 nodes", "nodes:"),
+    ("gpus_per_run: 16\nnodes: 2\n", "gpu-4", r"nodes: 8 GPUs per node but the nodes of profile gpu-4 have 4: use "
+     r"nodes: 4", "nodes:"),
+    ("nodes: 2\n", "gpu", r"nodes: nodes: 2 with one process per run: set gpus_per_run or ranks_per_run",
+     "nodes:"),
+    ("ranks_per_run: 0\n", "cpu-debug", r"ranks_per_run: expected a number of processes per run >= 1",
+     "ranks_per_run:"),
+]
+
+
+@pytest.mark.parametrize("extra, executor, message, line_text", SHAPE_ERRORS, ids=[e[2][:40] for e in SHAPE_ERRORS])
+def test_run_shape_errors_are_one_line_before_anything_starts(tmp_path, extra, executor, message, line_text):
+    text = base_yaml(executor=executor) + extra
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}:{line_of(text, line_text)}: "), msg
+    assert __import__("re").search(message, msg), msg
+
+
+def test_multi_node_runs_need_slurm_one_line_before_submitting(tmp_path):
+    sweep = load_sweep(write(tmp_path, base_yaml(executor="{profile: gpu-4, cluster: local}",
+                                                 budget="{steps: 20, batch_size: 64}") + "gpus_per_run: 8\n"))
+    results = tmp_path / "results"
+    for executor in ("local", "debug"):
+        with pytest.raises(UserError, match=rf"^runs of 2 nodes need Slurm, but the {executor} executor runs on "
+                                            r"this machine only: use --executor slurm"):
+            run_sweep(sweep, results, executor=executor, log=None)
+    assert not results.exists()
+
+
+class StatefulToy(ToyQuantizer):
+    """A toy that counts code usage in a buffer and declares no distributed_sync."""
+
+    def __init__(self, dim: int, codebook_size: int, **kwargs) -> None:
+        super().__init__(dim, codebook_size, **kwargs)
+        self.register_buffer("usage", torch.zeros(codebook_size))
+
+
+def test_a_method_with_undeclared_state_is_refused_for_multi_rank_sweeps(tmp_path):
+    from vqbench.slurm.sweep import check_buildable
+
+    METHODS.register("swt-state", version=1, family="swt", description="test toy")(StatefulToy)
+    try:
+        check_buildable(load_sweep(write(tmp_path, base_yaml(methods="[swt-a, swt-state]"))))  # one process: fine
+        path = write(tmp_path, base_yaml(methods="[swt-a, swt-state]") + "ranks_per_run: 2\n", "multi.yaml")
+        with pytest.raises(ConfigError, match=r"multi.yaml:5: methods\[1\]: method swt-state keeps state "
+                                              r"\(buffers usage\) but declares no distributed_sync.*runs of 2 "
+                                              r"processes.*\(nothing was submitted\)$"):
+            run_sweep(load_sweep(path), tmp_path / "results", executor="debug", dry_run=True, log=None)
+    finally:
+        METHODS.remove("swt-state")
+
+
+def test_worker_rendezvous_port_is_per_job_and_run():
+    from vqbench.slurm.worker import run_port
+
+    assert run_port("12_3", "abc") == run_port("12_3", "abc")
+    assert len({run_port("12_3", r) for r in ("a", "b", "c", "d")}) == 4
+    assert all(20000 <= run_port(str(j), "x") < 60000 for j in range(50))
+
+
+def test_a_rank_that_died_is_named_in_the_failure_reason(tmp_path):
+    sweep = load_sweep(write(tmp_path, base_yaml(methods="[swt-a]")))
+    results = tmp_path / "results"
+    (spec,) = sweep.specs()
+    folder = jobs.jobs_dir(results, "t") / "logs" / "%j"
+    jobs.record_submissions(results, "t", [jobs.Submission(spec.run_id, _dead_pid(), "local", str(folder), "t",
+                                                           time.time())])
+    log = jobs.latest_submissions(results)[spec.run_id].paths().stderr
+    log.parent.mkdir(parents=True)
+    log.write_text("srun: error: vm: task 1: Killed\nsrun: Terminating StepId=12.0\n"
+                   "slurmstepd: error: *** STEP 12.0 ON vm CANCELLED AT 2026-01-01T00:00:00 ***\n"
+                   "srun: error: vm: task 0: Exited with exit code 1\n")
+    (failed,) = sweep_status(sweep, results).of("failed")
+    assert failed.error.endswith("log: srun: error: vm: task 1: Killed"), failed.error
+
+
+# -- first-time cluster users --------------------------------------------------------------------------------
+def _fake_slurm(tmp_path: Path, monkeypatch, scontrol: str, sbatch: str) -> None:
+    """scontrol / sbatch / srun / squeue on PATH that print what a misconfigured machine prints."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    for name, body in (("scontrol", scontrol), ("sbatch", sbatch), ("srun", "exit 1"), ("squeue", "exit 0")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    test_dir = tmp_path / "testcluster"
+    (test_dir / "etc").mkdir(parents=True)
+    (test_dir / "etc" / "slurm.conf").write_text("ClusterName=x\n")
+    monkeypatch.setenv("VQBENCH_SLURM_DIR", str(test_dir))
+
+
+NO_CONFIG = ("echo 'x: error: _establish_config_source: failed to fetch config' >&2; "
+             "echo 'x: fatal: Could not establish a configuration source' >&2; exit 1")
+
+
+def test_missing_slurm_conf_is_named_in_the_dry_run_and_before_submitting(tmp_path, monkeypatch):
+    _fake_slurm(tmp_path, monkeypatch, NO_CONFIG, NO_CONFIG)
+    conf = tmp_path / "testcluster" / "etc" / "slurm.conf"
+    sweep = load_sweep(write(tmp_path, base_yaml(methods="[swt-a, swt-b]", executor="{cluster: slurm}")))
+    results = tmp_path / "results"
+    plan = "\n".join(run_sweep(sweep, results, dry_run=True, log=None).plan)
+    assert "warning: Slurm cannot find its configuration (SLURM_CONF is not set" in plan
+    assert f"export SLURM_CONF={conf}" in plan and "MaxArraySize unknown until Slurm can be asked" in plan
+    with pytest.raises(UserError) as err:
+        run_sweep(sweep, results, log=None)
+    message = str(err.value)
+    assert f"export SLURM_CONF={conf}" in message and "fix the profile" not in message and "\n" not in message
+    assert message.endswith("nothing was submitted") and not jobs.latest_submissions(results)
+
+
+def test_sbatch_without_configuration_says_what_to_set_and_leaves_no_pickles(tmp_path, monkeypatch):
+    _fake_slurm(tmp_path, monkeypatch, "echo MaxArraySize=1001", NO_CONFIG)
+    conf = tmp_path / "testcluster" / "etc" / "slurm.conf"
+    sweep = load_sweep(write(tmp_path, base_yaml(methods="[swt-a, swt-b]", executor="{cluster: slurm}")))
+    results = tmp_path / "results"
+    logs = jobs.jobs_dir(results, "t") / "logs"
+    with pytest.raises(UserError) as err:
+        run_sweep(sweep, results, log=None)
+    message = str(err.value)
+    assert message.startswith("sbatch refused the array for profile inline: Slurm cannot find its configuration")
+    assert f"export SLURM_CONF={conf}" in message and "fix the profile" not in message
+    assert logs.is_dir() and not list(logs.glob("*.pkl")) and not list(logs.glob(".submission_file_*"))
+    # what a driver killed mid-submission leaves is cleaned up by the next `sweep run`
+    (logs / f"{'ab' * 16}.pkl").write_bytes(b"x")
+    (logs / f".submission_file_{'cd' * 16}.sh").write_text("#!/bin/bash\n")
+    (logs / "123").mkdir()
+    (logs / "123" / "123_submitted.pkl").write_bytes(b"kept: a real job's")
+    run_sweep(sweep, results, executor="debug", log=None)
+    assert sorted(p.name for p in logs.rglob("*") if p.is_file()) == ["123_submitted.pkl"]
+
+
+def test_collect_prints_the_seed_table_and_results_filters_by_sweep(tmp_path, capsys):
+    from vqbench.commands.cli import main
+    from vqbench.slurm.collect import t975
+
+    path = write(tmp_path, base_yaml(methods="\n  - name: swt-a\n    params: {beta: [0.1, 0.5]}", seeds="2"))
+    results = tmp_path / "results"
+    assert main(["sweep", "run", str(path), "--results", str(results)]) == 0
+    other = write(tmp_path, base_yaml(name="other", methods="[swt-c]"), "other.yaml")
+    assert main(["sweep", "run", str(other), "--results", str(results)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "collect", str(path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "main (mean +- 95% CI)" in out and "utilization (mean +- 95% CI)" in out and "mse (lower better)" in out
+    table = pd.read_parquet(results / "sweeps" / "t.parquet")
+    for beta in (0.1, 0.5):
+        values = [v for v, p in zip(table["metric.mse"], table["method_params"]) if json.loads(p)["beta"] == beta]
+        assert len(values) == 2
+        mean, sd = sum(values) / 2, float(pd.Series(values).std(ddof=1))
+        row = next(ln for ln in out.splitlines() if f"swt-a beta={beta}" in ln)
+        assert f"{mean:.4g} +- {t975(1) * sd / 2 ** 0.5:.2g}" in row and " 2/2 " in row, row
+    assert "swt-c" not in out
+    assert main(["results", "--results", str(results), "--sweep", "other"]) == 0
+    out = capsys.readouterr().out
+    assert "swt-c" in out and "swt-a" not in out and "sweep other: 1 of its 1 runs" in out
+    assert main(["results", "--results", str(results), "--sweep", "nope"]) == 2
+    assert "no sweep 'nope' in" in capsys.readouterr().err
+
+
+def test_a_run_another_sweep_produced_is_named_when_skipped(tmp_path):
+    results = tmp_path / "results"
+    first = load_sweep(write(tmp_path, base_yaml(name="first", methods="[swt-a]"), "first.yaml"))
+    run_sweep(first, results, executor="debug", log=None)
+    second = load_sweep(write(tmp_path, base_yaml(name="second", methods="[swt-a, swt-b]"), "second.yaml"))
+    summary = run_sweep(second, results, executor="debug", log=None)
+    assert (summary.complete, summary.submitted) == (1, 1)
+    assert "1 complete (skipped; produced 1 by sweep first)" in summary.format()
+    status = sweep_status(second, results)
+    assert "note: 1 finished run(s) were produced by sweep first (the same specs" in status.format()
+    assert "produced" not in sweep_status(first, results).format()
+    assert "produced" not in run_sweep(second, results, executor="debug", log=None).format().split(";")[0]
+
+
+def test_debug_executor_runs_the_ranks_of_a_run_as_processes(tmp_path):
+    text = base_yaml(methods="[vq]", executor="{cluster: debug}") + "ranks_per_run: 2\n"  # spawned: a built-in
+    sweep = load_sweep(write(tmp_path, text))
+    results = tmp_path / "results"
+    summary = run_sweep(sweep, results, log=None)
+    assert "each as 2 processes (ranks) on this machine" in summary.plan[0]
+    assert summary.status is not None and summary.status.counts["done"] == 1, summary.format()
+    (spec,) = sweep.specs()
+    events = jobs.load_attempts(results)[spec.run_id]
+    # rank 0 alone records the run's attempt, under the driver's job id
+    assert [(e["event"], e["job_id"], e["ranks"]) for e in events if e["event"] == "start"] == [
+        ("start", f"debug-{os.getpid()}", 2)]
+    assert [e["event"] for e in events] == ["start", "end"]
+    # the run of 2 processes at 16 rows each is the run of 1 process at 32 rows, within the runner's tolerance
+    # (relative, with an absolute floor of 1: tests/test_distributed_runner.py)
+    single = load_sweep(write(tmp_path, base_yaml(methods="[vq]", executor="{cluster: debug}"), "single.yaml"))
+    assert single.run_ids() == sweep.run_ids()
+    run_sweep(single, tmp_path / "single", log=None)
+    two, one = (ResultStore(r).load_runs().iloc[0] for r in (results, tmp_path / "single"))
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    a, b = (collect_sweep(s, r).table for s, r in ((sweep, results), (single, tmp_path / "single")))
+    a, b = pd.read_parquet(a).iloc[0], pd.read_parquet(b).iloc[0]
+    metrics = [c for c in a.index if c.startswith("metric.")]
+    assert metrics and all(abs(a[c] - b[c]) <= 1e-5 * max(1.0, abs(a[c]), abs(b[c])) for c in metrics), (a, b)

@@ -86,3 +86,30 @@ def test_local_driver_killed_mid_sweep_then_rerun_does_nothing_twice(tmp_path):
     assert len(jobs.latest_submissions(results)) == 4
     again = run_sweep(sweep, results, log=None)
     assert (again.submitted, again.complete) == (0, 4)
+
+
+def test_local_executor_runs_the_ranks_of_a_run_as_tasks_and_matches_one_process(tmp_path):
+    """ranks_per_run: 2 on the local executor: one local job of two tasks (gloo), rank 0 records and writes;
+    the metrics are those of the same run in one process, within the runner's tolerance."""
+    budget = "{steps: 40, batch_size: 64, eval_interval: 20}"
+    path = sweep_file(tmp_path, "ranks", "[vq]", budget, "{cluster: local, array_parallelism: 1, time: 10}",
+                      extra="ranks_per_run: 2\n")
+    sweep = load_sweep(path)
+    (spec,) = sweep.specs()
+    results = tmp_path / "results"
+    summary = run_sweep(sweep, results, log=None)
+    assert "1 local job(s) of 2 processes (ranks) each" in summary.plan[0]
+    status = wait_for(lambda: (lambda s: s if not s.of("running", "pending") else None)(sweep_status(sweep, results)),
+                      240, "the 2-rank run to finish", show=lambda: sweep_status(sweep, results).format())
+    assert status.counts["done"] == 1, status.format()
+    assert [a["ranks"] for a in starts(results)[spec.run_id]] == [2]  # rank 0 alone records
+    assert ResultStore(results).load_runs().iloc[0]["world_size"] == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
+    finally:
+        torch.set_num_threads(threads)
+    two, one = final(results), final(tmp_path / "reference")
+    assert two.keys() == one.keys()
+    assert all(abs(two[k] - one[k]) <= 1e-5 * max(1.0, abs(two[k]), abs(one[k])) for k in two), (two, one)
