@@ -210,10 +210,11 @@ def check_divides(batch_size: int, what: str = "budget.batch_size") -> None:
 def refuse_undeclared_state(quantizer: torch.nn.Module, method: str) -> None:
     """A :class:`UserError` for a run of more than one process with a quantizer that keeps state (persistent
     buffers) but whose class declares no :attr:`~vqbench.quantizer.Quantizer.distributed_sync`."""
-    if not world().distributed or getattr(type(quantizer), "distributed_sync", None) is not None:
+    from vqbench.quantizer import uses_undeclared_state
+
+    if not world().distributed:
         return
-    state = set(quantizer.state_dict())
-    buffers = [name for name, _ in quantizer.named_buffers() if name in state]
+    buffers = uses_undeclared_state(quantizer)
     if buffers:
         shown = ", ".join(buffers[:6]) + (f" and {len(buffers) - 6} more" if len(buffers) > 6 else "")
         raise UserError(f"method {method} keeps state (buffers {shown}) but declares no distributed_sync: declare "

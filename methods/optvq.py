@@ -162,7 +162,8 @@ def sinkhorn_assign(x: Tensor, codes: Tensor, epsilon: float = 10.0, n_iters: in
                  description="OptVQ: Sinkhorn-Knopp optimal-transport assignment on the normalised distance (in "
                              "training and at eval); linear code projection",
                  differences="single head (the reference configs use num_head 4-8); no offline k-means init from a "
-                             "pretrained encoder; Sinkhorn at eval as the reference",
+                             "pretrained encoder; Sinkhorn at eval as the reference, over each eval batch (a "
+                             "data-parallel eval solves each rank's shard: its eval numbers differ from one process)",
                  beta=0.25, epsilon=10.0, n_iters=5, guard=1e-8, use_proj=True, eval_assign="sinkhorn",
                  init="normal")
 class OptVQ(CodebookQuantizer):
