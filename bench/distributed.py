@@ -172,15 +172,16 @@ def join(device: torch.device) -> torch.device:
 
     A group the caller initialised is used as it is. Otherwise, when ``$WORLD_SIZE`` > 1 (``torchrun``, Slurm
     tasks through submitit), the group is initialised from the environment (``env://``): NCCL when ``device``
-    is CUDA, else gloo; it is destroyed when the process exits. A CUDA device becomes ``cuda:$LOCAL_RANK``.
+    is CUDA, else gloo; it is destroyed when the process exits. A CUDA device becomes
+    ``cuda:($LOCAL_RANK mod the visible GPUs)``.
     Ranks other than 0 of a group initialised here print nothing to stdout (each would repeat rank 0's lines;
     errors still go to stderr).
     """
     if launched_size() <= 1:
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index is None:  # a cluster may show each task only its own GPU(s)
+        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -187,6 +187,8 @@ def check_buildable(sweep: Sweep) -> None:
     """
     import torch
 
+    from vqbench.quantizer import uses_undeclared_state
+
     tasks: dict[tuple[str, str], tuple[int, int]] = {}
     built: set[tuple[str, str, int, int, bool]] = set()
     with torch.random.fork_rng(devices=[]):
@@ -215,7 +217,7 @@ def check_buildable(sweep: Sweep) -> None:
                     f"method {spec.method} cannot be built with {chosen} for task {spec.task} "
                     f"(dim {dim}, codebook_size {size}): {_reason(exc)}; fix the value (nothing was submitted)"
                 ) from None
-            undeclared = _undeclared_state(quantizer) if distributed else []
+            undeclared = uses_undeclared_state(quantizer) if distributed else []
             if undeclared:
                 shown = ", ".join(undeclared[:4]) + (f" and {len(undeclared) - 4} more" if len(undeclared) > 4 else "")
                 raise _origin(sweep, "method", spec.method, method_json).error(
@@ -223,16 +225,6 @@ def check_buildable(sweep: Sweep) -> None:
                     f"ranks would drift apart in runs of {run.profile.world_size} processes: run it with one process "
                     "per run, or declare (and implement) distributed_sync in the method (nothing was submitted)")
             built.add((spec.method, method_json, dim, size, distributed))
-
-
-def _undeclared_state(quantizer: Any) -> list[str]:
-    """The persistent buffers of a quantizer that declares no ``distributed_sync``: the state its ranks would let
-    drift apart (the rule of ``vqbench.quantizer.uses_undeclared_state``, which the runner applies in the job;
-    the slurm layer may not import the contract module, so it is restated here on the built module)."""
-    if getattr(quantizer, "distributed_sync", None) is not None:
-        return []
-    saved = set(quantizer.state_dict(keep_vars=True))
-    return [name for name, _ in quantizer.named_buffers() if name in saved]
 
 
 def _origin(sweep: Sweep, kind: str, name: str, params_json: str) -> Where:

@@ -30,7 +30,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "vqbench.tasks": ("vqbench.errors", "vqbench.registry", "vqbench.spec", "vqbench.metrics", "vqbench.collapse",
                       "vqbench.image_metrics", "vqbench.gen_metrics", "vqbench.quantizer", "vqbench.distributed"),
     "vqbench.slurm": ("vqbench.errors", "vqbench.registry", "vqbench.spec", "vqbench.store", "vqbench.provenance",
-                      "vqbench.runner", "vqbench.tuning", "vqbench.distributed"),
+                      "vqbench.runner", "vqbench.tuning", "vqbench.distributed", "vqbench.quantizer"),
     "vqbench.leaderboard": ("vqbench.errors", "vqbench.spec", "vqbench.store", "vqbench.tuning"),
     "vqbench.commands": ("vqbench",),  # the top floor may import every layer
 }
