@@ -56,7 +56,10 @@ class TuneSummary:
 
     def format(self) -> str:
         lines = [self.trials.format()]
-        if self.finals is None:
+        if self.trials.dry_run:
+            lines.append(f"tune {self.name}: once the trials finish, the best trial per (method, task) on the "
+                         "validation split runs again at the sweep's seeds (fresh: seed + 1) as the tuned track")
+        elif self.finals is None:
             lines.append(f"tune {self.name}: {self.waiting} trial(s) not finished; run `vqbench tune` again when they "
                          "are, to select and launch the tuned configurations")
         else:
