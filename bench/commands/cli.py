@@ -68,6 +68,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{e.name:<{width}}  v{e.version} {extra}{cite}  {e.description}{source}")
         if args.verbose and e.defaults:
             print(f"{'':<{width}}  defaults: {json.dumps(e.defaults, sort_keys=True)}")
+        if args.verbose and args.what == "methods":
+            space = json.dumps(e.search_space, sort_keys=True) if e.search_space else "none (tuned on the shared lr)"
+            print(f"{'':<{width}}  search space: {space}")
+            if e.differences:
+                print(f"{'':<{width}}  differences from the reference: {e.differences}")
     for label, err in registry.plugin_errors.items():
         print(f"warning: plugin {label} failed to import: {err}", file=sys.stderr)
     return 0
