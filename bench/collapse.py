@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vqbench.errors import UserError
-from vqbench.metrics import MERGE_TOLERANCE, Evaluation, Moments, summarize
+from vqbench.metrics import MERGE_TOLERANCE, Evaluation, Moments, embedding_clusters_frac, summarize
 
 
 class CollapseMetrics(Metric):
@@ -136,3 +136,16 @@ class CollapseMetrics(Metric):
         """Zero the counts and moments and forget the codebook (call at the start of each epoch)."""
         super().reset()
         self._codebook = None
+
+
+def split_evaluation(metric: CollapseMetrics, embedding_sample: Tensor, *, max_points: int = 2048,
+                     seed: int = 0) -> Evaluation:
+    """What a task reports for one split: ``metric.evaluation()`` (exact over every row of the split, summed
+    across processes) plus ``embedding_clusters_frac`` over a fixed sample of the split's embeddings (the one
+    number that needs rows; the radius is the whole split's)."""
+    ev = metric.evaluation()
+    latents = metric.moments("latent")
+    radius = latents.rms_radius() if latents is not None else math.nan
+    ev.metrics["embedding_clusters_frac"] = embedding_clusters_frac(embedding_sample, radius, max_points=max_points,
+                                                                    seed=seed)
+    return ev

@@ -201,6 +201,15 @@ def sample_rows(x: Tensor, n: int, seed: int = 0) -> Tensor:
     return x[torch.randperm(x.shape[0], generator=g)[:n]]
 
 
+def embedding_clusters_frac(embeddings: Tensor, rms_radius: float, *, max_points: int = 2048, seed: int = 0) -> float:
+    """Distinct embeddings at ``MERGE_TOLERANCE x rms_radius`` (single linkage) over a fixed sample of at most
+    ``max_points`` rows, as a fraction of the sample (NaN for a zero radius or no rows)."""
+    emb = sample_rows(embeddings.detach().reshape(-1, embeddings.shape[-1]), max_points, seed)
+    if not rms_radius > 0 or emb.shape[0] == 0:
+        return math.nan
+    return count_clusters(emb, MERGE_TOLERANCE * rms_radius) / emb.shape[0]
+
+
 class CodebookUsage:
     """Accumulates code counts over a whole split; ``compute()`` gives utilization, perplexity, dead codes.
 

@@ -5,7 +5,13 @@ Layout under a results root::
     runs/<run_id>.parquet                    one row: spec, status, provenance
     metrics/task=<task>/<run_id>.parquet     long format: (run_id, split, step, metric, value)
     arrays/task=<task>/<run_id>.parquet      (run_id, split, step, name, values): histograms, spectra
+    perf/<perf_id>.parquet                   the rows of one `vqbench perf` measurement
     checkpoints/<run_id>.pt                  the runner's resumable state (and final weights)
+
+``vqbench results compact`` (:mod:`vqbench.compact`) rewrites the per-run files of each table as one file
+(``runs.parquet``, ``metrics/task=<task>.parquet``, ``arrays/task=<task>.parquet``, ``perf.parquet``), rows
+sorted by run id. Every reader accepts both layouts, mixed: a per-run file replaces the compacted rows of its
+run in that table (a run rerun with ``--force`` after a compaction writes per-run files again).
 
 Every file is written to a temporary name in the same folder and renamed into place, so concurrent
 array jobs never share a file and a crash never leaves a half-written one. A damaged file is skipped
@@ -26,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vqbench.errors import UserError
@@ -110,32 +117,103 @@ PERF_SCHEMA = pa.schema([
 
 _METADATA = {b"vqbench_schema_version": str(SCHEMA_VERSION).encode()}
 
+#: the store's tables: kind -> (canonical schema, key column: the id a per-run file is named after)
+TABLES: dict[str, tuple[pa.Schema, str]] = {
+    "runs": (RUNS_SCHEMA, "run_id"),
+    "metrics": (METRICS_SCHEMA, "run_id"),
+    "arrays": (ARRAYS_SCHEMA, "run_id"),
+    "perf": (PERF_SCHEMA, "perf_id"),
+}
+#: tables whose files are partitioned by task (``<kind>/task=<task>/...``)
+PER_TASK = ("metrics", "arrays")
+
+
+def is_compacted_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a compacted table file (``runs.parquet``, ``metrics/task=<t>.parquet`` ...).
+
+    Per-run files always sit in a ``runs/``, ``perf/`` or ``task=<t>/`` folder; compacted ones never do.
+    """
+    path = Path(path)
+    if path.name in ("runs.parquet", "perf.parquet"):
+        return True
+    return path.parent.name in PER_TASK and path.name.startswith("task=") and path.suffix == ".parquet"
+
+
+def per_run_ids(paths: Iterable[str | os.PathLike[str]]) -> set[str]:
+    """The ids (run ids, perf ids) named by per-run files among ``paths``: their compacted rows are replaced."""
+    return {Path(p).stem for p in paths if not is_compacted_file(p)}
+
+
+def without_ids(table: pa.Table, key: str, ids: Iterable[str]) -> pa.Table:
+    """``table`` less the rows whose ``key`` is in ``ids``."""
+    ids = list(ids)
+    if not ids or table.num_rows == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column(key), value_set=pa.array(ids, pa.string()))))
+
+
+def sort_by_key(table: pa.Table, key: str) -> pa.Table:
+    """Rows ordered by ``key``, keeping the order of the rows of one key (a stable sort)."""
+    if table.num_rows < 2:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[(key, "ascending")]))
+
 
 def _with_metadata(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata(_METADATA)
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write_table(table: pa.Table, path: Path, **write_options: Any) -> None:
+    """Write ``table`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    ``write_options`` go to ``pyarrow.parquet.write_table`` (compression, row_group_size ...).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **write_options)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _read(path: Path, schema: pa.Schema) -> pa.Table | None:
+def damaged_message(path: str | os.PathLike[str], exc: BaseException) -> str:
+    """The warning for a results file that cannot be read (per-run or compacted)."""
+    fix = ("restore it from where the store is published, or delete it and rerun those runs"
+           if is_compacted_file(path) else "delete it and rerun that run")
+    return f"skipping damaged results file {path}: {type(exc).__name__}: {exc} ({fix})"
+
+
+def _read(path: Path, schema: pa.Schema, filters: list[tuple[str, str, Any]] | None = None) -> pa.Table | None:
     try:
-        table = pq.read_table(path, schema=schema)
+        table = pq.read_table(path, schema=schema, filters=filters)
     except Exception as exc:  # damaged, truncated, or written by an incompatible schema
-        warnings.warn(f"skipping damaged results file {path}: {type(exc).__name__}: {exc} "
-                      "(delete it and rerun that run)", stacklevel=3)
+        warnings.warn(damaged_message(path, exc), stacklevel=3)
         return None
     return table
+
+
+_COMPACT_RUNS_CACHE: dict[Path, tuple[tuple[int, int], pa.Table, dict[str, int]]] = {}
+
+
+def _compacted_runs(path: Path) -> tuple[pa.Table, dict[str, int]] | None:
+    """The compacted runs table at ``path`` and its run_id -> row index, cached while the file is unchanged."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _COMPACT_RUNS_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1], cached[2]
+    table = _read(path, RUNS_SCHEMA)
+    if table is None:
+        return None
+    index = {rid: i for i, rid in enumerate(table.column("run_id").to_pylist())}
+    _COMPACT_RUNS_CACHE[path] = (stamp, table, index)
+    return table, index
 
 
 class ResultStore:
@@ -159,6 +237,26 @@ class ResultStore:
 
     def checkpoint_path(self, run_id: str) -> Path:
         return self.root / "checkpoints" / f"{run_id}.pt"
+
+    def compacted_path(self, kind: str, task: str | None = None) -> Path:
+        """The compacted file of table ``kind`` (of ``task`` for metrics and arrays)."""
+        if kind in PER_TASK:
+            if task is None:
+                raise ValueError(f"the compacted {kind} files are per task: pass task")
+            return self.root / kind / f"task={task}.parquet"
+        return self.root / f"{kind}.parquet"
+
+    def table_files(self, kind: str, task: str | None = None) -> tuple[list[Path], list[Path]]:
+        """(per-run files, compacted files) of table ``kind``, of one task or (None) all, each sorted."""
+        if kind in PER_TASK:
+            base = self.root / kind
+            pattern = f"task={task or '*'}"
+            per_run = base.glob(f"{pattern}/*.parquet")
+            compacted = [p for p in base.glob(f"{pattern}.parquet") if p.is_file()]
+        else:
+            per_run = (self.root / kind).glob("*.parquet")
+            compacted = [p for p in [self.compacted_path(kind)] if p.is_file()]
+        return sorted(per_run), sorted(compacted)
 
     def ensure_writable(self) -> None:
         """Fail with a clear message if results cannot be written here."""
@@ -217,29 +315,78 @@ class ResultStore:
         return path
 
     # -- reading --------------------------------------------------------------------------------
+    def run_records(self, run_ids: Iterable[str], columns: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """run_id -> its stored runs row (only ``columns``, default all) for those of ``run_ids`` in the store.
+
+        A per-run file stands for its run (a damaged one, skipped with a warning, makes the run absent);
+        runs without one are looked up in the compacted ``runs.parquet``.
+        """
+        names = list(columns) if columns is not None else list(RUNS_SCHEMA.names)
+        wanted = list(dict.fromkeys(run_ids))
+
+        def read(run_id: str) -> tuple[str, dict[str, Any] | None, bool]:
+            path = self.run_path(run_id)
+            if not path.exists():
+                return run_id, None, False
+            table = _read(path, RUNS_SCHEMA)
+            if table is None or table.num_rows != 1:
+                return run_id, None, True
+            return run_id, table.select(names).to_pylist()[0], True
+
+        if len(wanted) > 64:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                found = list(pool.map(read, wanted))
+        else:
+            found = [read(r) for r in wanted]
+        records = {rid: row for rid, row, _ in found if row is not None}
+        rest = [rid for rid, _, has_file in found if not has_file]
+        compacted = _compacted_runs(self.compacted_path("runs")) if rest else None
+        if compacted is not None:
+            table, index = compacted
+            present = [rid for rid in rest if rid in index]
+            if present:
+                taken = table.select(names).take(pa.array([index[rid] for rid in present], pa.int64()))
+                records.update(zip(present, taken.to_pylist()))
+        return records
+
     def run_status(self, run_id: str) -> str | None:
-        path = self.run_path(run_id)
-        if not path.exists():
-            return None
-        table = _read(path, RUNS_SCHEMA)
-        if table is None or table.num_rows != 1:
-            return None
-        return table.column("status")[0].as_py()
+        """The stored status of ``run_id`` (either layout), None when it has no readable row."""
+        row = self.run_records([run_id], ["run_id", "status"]).get(run_id)
+        return None if row is None else row["status"]
 
     def is_complete(self, run_id: str) -> bool:
+        """Whether ``run_id`` is stored with a complete status (``ok`` or ``diverged``)."""
         return self.run_status(run_id) in COMPLETE_STATUSES
 
-    def _load(self, paths: list[Path], schema: pa.Schema) -> pd.DataFrame:
-        paths = sorted(paths)
+    def _read_all(self, paths: list[Path], schema: pa.Schema) -> list[pa.Table]:
         if len(paths) > 64:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 tables = list(pool.map(lambda p: _read(p, schema), paths))
         else:
             tables = [_read(p, schema) for p in paths]
-        tables = [t for t in tables if t is not None]
-        if not tables:
+        return [t for t in tables if t is not None]
+
+    def load_table(self, kind: str, task: str | None = None, ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Rows of table ``kind`` (runs | metrics | arrays | perf) from both layouts, ordered by key.
+
+        ``task``: only that task's files (metrics, arrays); ``ids``: only those run (perf) ids. A per-run
+        file replaces the compacted rows of its id; damaged files are skipped with a warning naming them.
+        """
+        schema, key = TABLES[kind]
+        per_run, compacted = self.table_files(kind, task if kind in PER_TASK else None)
+        wanted = None if ids is None else set(ids)
+        if wanted is not None:
+            per_run = [p for p in per_run if p.stem in wanted]
+        replaced = per_run_ids(per_run)
+        filters = None if wanted is None else [(key, "in", sorted(wanted - replaced))]
+        if filters is not None and not filters[0][2]:
+            compacted = []
+        parts = [without_ids(t, key, replaced) for t in self._read_all(compacted, schema)]
+        parts += self._read_all(per_run, schema)
+        parts = [t.select(schema.names).cast(schema) for t in parts if t.num_rows]
+        if not parts:
             return schema.empty_table().to_pandas()
-        return pa.concat_tables(tables).to_pandas()
+        return sort_by_key(pa.concat_tables(parts), key).to_pandas()
 
     def sweep_members(self) -> dict[str, set[str]]:
         """run_id -> names of the sweeps (suites) it belongs to, from ``sweeps/<name>.json``.
@@ -261,30 +408,24 @@ class ResultStore:
 
     def load_runs(self) -> pd.DataFrame:
         """One row per run (the ``runs`` table); ``spec`` holds the full RunSpec JSON."""
-        return self._load(list((self.root / "runs").glob("*.parquet")), RUNS_SCHEMA)
+        return self.load_table("runs")
 
     def load_metrics(self, task: str | None = None, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Long-format metric rows, optionally for one task and/or some runs."""
-        base = self.root / "metrics"
-        if run_ids is not None:
-            wanted = set(run_ids)
-            paths = [p for p in base.glob(f"task={task or '*'}/*.parquet") if p.stem in wanted]
-        else:
-            paths = list(base.glob(f"task={task or '*'}/*.parquet"))
-        return self._load(paths, METRICS_SCHEMA)
+        return self.load_table("metrics", task, run_ids)
 
     def load_arrays(self, task: str | None = None, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        base = self.root / "arrays"
-        paths = list(base.glob(f"task={task or '*'}/*.parquet"))
-        if run_ids is not None:
-            wanted = set(run_ids)
-            paths = [p for p in paths if p.stem in wanted]
-        return self._load(paths, ARRAYS_SCHEMA)
+        """Array rows (histograms, spectra), optionally for one task and/or some runs."""
+        return self.load_table("arrays", task, run_ids)
+
+    def load_perf(self) -> pd.DataFrame:
+        """The rows of every ``vqbench perf`` measurement."""
+        return self.load_table("perf")
 
 
 def load_perf(root: str | os.PathLike[str]) -> pd.DataFrame:
-    store = ResultStore(root)
-    return store._load(list((store.root / "perf").glob("*.parquet")), PERF_SCHEMA)
+    """The ``perf`` table of the store at ``root`` (both layouts)."""
+    return ResultStore(root).load_perf()
 
 
 def load_runs(root: str | os.PathLike[str]) -> pd.DataFrame:

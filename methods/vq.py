@@ -7,7 +7,7 @@ in value with the straight-through gradient ``d z_q / d x = I`` (computed as ``s
 is exactly the code).
 
 Every option below is a constructor argument; they compose on one instance (e.g. k-means init + dead-code restart +
-rotation trick). Each has a registered preset (name: defaults) at the bottom of this module.
+rotation trick). Each has a registered preset (name: defaults) in :mod:`vqbench.methods.vq_presets`.
 
 * ``ema`` (``vq-ema``, 1711.00937 appendix A.1; Razavi et al. 1906.00446): codebook updated by exponential moving
   averages instead of the codebook loss (which is then dropped: ``L = beta ||x - sg[e]||^2``). Per training batch,
@@ -122,6 +122,7 @@ from vqbench.methods.base import DATA_INIT_SYNC, data_relative_codes, nearest_co
 from vqbench.methods.sync import distributed, row_offset, rows_at, shared_random_stream
 from vqbench.methods.vq_options import (
     NORM_EPS,
+    distinct_rows,
     kmeans,
     orthogonal_penalty,
     rotate_to,
@@ -146,11 +147,6 @@ OPTION_SYNC: dict[str, str] = {
                       "all-reduce) over the global row count",
     "init": DATA_INIT_SYNC,
 }
-
-
-def _distinct_rows(rows: Tensor) -> int:
-    """Number of distinct rows of ``rows`` (N, d)."""
-    return int(torch.unique(rows, dim=0).shape[0]) if rows.shape[0] > 1 else rows.shape[0]
 
 
 # -- the quantizer ---------------------------------------------------------------------------------------------
@@ -338,7 +334,7 @@ class VectorQuantizer(Quantizer):
             self.kmeans_batches_seen += 1
             k = self.codebook_size
             x = all_gather_rows(x)  # the global batch: every rank's rows in rank order
-            if self.kmeans_batches == 1 and int(self.latents_written) == 0 and _distinct_rows(x) >= k:
+            if self.kmeans_batches == 1 and int(self.latents_written) == 0 and distinct_rows(x) >= k:
                 self._set_codebook(self._kmeans(x), fitted=True)  # the first batch suffices
             else:
                 self._append_latents(all_gather_rows(flat.detach()), capacity=None)
@@ -346,7 +342,7 @@ class VectorQuantizer(Quantizer):
                 if seen < self.kmeans_batches:
                     return
                 rows = self._to_lookup(self._buffered_latents())
-                distinct = _distinct_rows(rows)
+                distinct = distinct_rows(rows)
                 if distinct < k:
                     if seen >= self.kmeans_max_batches:
                         raise UserError(
@@ -479,72 +475,3 @@ class VectorQuantizer(Quantizer):
         if key in state_dict and state_dict[key].shape != self.latent_buffer.shape:
             self.latent_buffer = self.latent_buffer.new_zeros(state_dict[key].shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-# -- presets: one registered name per mechanism, each with its defaults ----------------------------------------
-# Versions: every preset is one class whose options compose (``vq-ema`` with ``restart=True`` is a valid spec whose
-# run id carries vq-ema's version), so a change of an option's rule bumps every preset (vq-ema 3, the others 2):
-# share-based dead-code threshold, k-means init from >= K distinct vectors, nearest-code search centred on the
-# codebook mean (issue 13).
-register_method("vq-ema", version=3,
-                search_space={"beta": (0.05, 1.0, "log"), "ema_decay": (0.8, 0.999, "linear")},
-                paper="1711.00937", family="vq",
-                description="VQ-VAE with an EMA codebook (cluster sizes/sums, decay 0.99, Laplace eps 1e-5); "
-                            "loss = beta*commitment only",
-                differences="none: the update of vector-quantize-pytorch (N starts at 1, m at the initial codes)",
-                beta=0.25, ema=True, ema_decay=0.99, ema_eps=1e-5)(VectorQuantizer)
-register_method("vq-kmeans", version=2,
-                search_space={"beta": (0.05, 1.0, "log"), "kmeans_iters": (2, 20, "int")},
-                paper="2107.03312", family="vq",
-                description="VQ-VAE whose codebook is initialised by k-means (k-means++ seeding, 10 Lloyd "
-                            "iterations) on the first training batch(es), at least K distinct vectors",
-                differences="buffers batches until >= K distinct vectors (the reference runs k-means on the first "
-                            "batch and duplicates codes); k-means++ seeding instead of random rows",
-                beta=0.25, kmeans_init=True, kmeans_iters=10, kmeans_seeding="kmeans++", kmeans_batches=1,
-                kmeans_max_batches=64)(VectorQuantizer)
-register_method("vq-restart", version=2,
-                search_space={"beta": (0.05, 1.0, "log"), "restart_threshold": (0.05, 1.0, "log"),
-                              "restart_decay": (0.9, 0.999, "linear")},
-                paper="2005.00341", family="vq",
-                description="VQ-VAE with dead-code restart: codes whose EMA usage share (decay 0.99) falls below "
-                            "0.25 x the uniform share 1/K are replaced by random batch vectors plus noise",
-                differences="threshold on the EMA usage share (x 1/K), not on raw EMA counts, and a replaced code "
-                            "restarts at the uniform share: the same rule at any batch size",
-                beta=0.25, restart=True, restart_threshold=0.25, restart_decay=0.99, restart_noise=0.01,
-                restart_interval=1)(VectorQuantizer)
-register_method("vq-l2", version=2,
-                search_space={"beta": (0.05, 1.0, "log")},
-                paper="2110.04627", family="vq",
-                description="ViT-VQGAN factorized codes: project to 8 dims, l2-normalise inputs and codes "
-                            "(cosine lookup), project back",
-                differences="the quantizer only (the paper's factorized lookup), trained with the VQ-VAE losses",
-                beta=0.25, code_dim=8, l2_normalize=True)(VectorQuantizer)
-register_method("vq-rotation", version=2,
-                search_space={"beta": (0.05, 1.0, "log")},
-                paper="2410.06424", family="vq",
-                description="VQ-VAE with the rotation trick: gradients pass through the constant rotation + "
-                            "rescaling that maps z onto its code",
-                differences="none: the rotation of vector-quantize-pytorch (rotate_to), tested against it",
-                beta=0.25, rotation=True)(VectorQuantizer)
-register_method("vq-orthoreg", version=2,
-                search_space={"beta": (0.05, 1.0, "log"), "orthoreg_weight": (1.0, 100.0, "log")},
-                paper="2112.00384", family="vq",
-                description="VQ-VAE + orthogonal codebook regulariser 10 * sum_{i!=j} cos(c_i, c_j)^2 / K^2",
-                differences="penalty over the whole codebook (vector-quantize-pytorch can subsample codes)",
-                beta=0.25, orthoreg_weight=10.0)(VectorQuantizer)
-register_method("vq-entropy", version=2,
-                search_space={"beta": (0.05, 1.0, "log"), "entropy_weight": (0.01, 1.0, "log"),
-                              "entropy_temperature": (0.1, 10.0, "log")},
-                paper="2303.06424", family="vq",
-                description="VQ-VAE + batch codebook-entropy penalty weight * (log K - H(mean softmax(-d^2/T)))",
-                differences="the prior-distribution (batch entropy) term only: no stochastic mask or contrastive "
-                            "regulariser of the paper",
-                beta=0.25, entropy_weight=0.1, entropy_temperature=1.0)(VectorQuantizer)
-register_method("vq-deferred", version=2,
-                search_space={"beta": (0.05, 1.0, "log"), "warmup_fraction": (0.02, 0.3, "linear")},
-                paper="2603.17052", family="vq",
-                description="Deferred quantisation: identity for the first 10% of steps while buffering latents, "
-                            "then k-means init on the buffer and VQ",
-                differences="not cross-checked against the authors' code: the switch as stated in the docstring "
-                            "(k-means++ on the newest 16384 latents)",
-                beta=0.25, warmup_fraction=0.1, warmup_buffer_size=16384)(VectorQuantizer)

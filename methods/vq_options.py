@@ -26,6 +26,11 @@ def unit_rows(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1, eps=NORM_EPS)
 
 
+def distinct_rows(rows: Tensor) -> int:
+    """Number of distinct rows of ``rows`` (N, d)."""
+    return int(torch.unique(rows, dim=0).shape[0]) if rows.shape[0] > 1 else rows.shape[0]
+
+
 @torch.no_grad()
 def kmeans(x: Tensor, k: int, iters: int = 10, seeding: str = "kmeans++", spherical: bool = False) -> Tensor:
     """``k`` centres of the rows of ``x`` (N, d): seeding, then ``iters`` Lloyd iterations.

@@ -54,7 +54,6 @@ it dropped in ``Sweep.skipped``.
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,6 +61,7 @@ from typing import Any
 
 from vqbench.errors import UserError
 from vqbench.registry import METHODS, TASKS, Registry, load_plugin
+from vqbench.slurm.buildable import check_buildable
 from vqbench.slurm.config import (
     ConfigError,
     LocatedList,
@@ -75,6 +75,7 @@ from vqbench.slurm.config import (
     suggest,
     type_name,
 )
+from vqbench.slurm.grid import entry_matches, is_glob, param_combos
 from vqbench.slurm.profile import Profile, load_profile
 from vqbench.spec import Budget, RunSpec, canonical_json, make_spec, task_budget
 
@@ -174,82 +175,7 @@ def parse_sweep(data: Any, *, source: str = "<sweep>", base_dir: Path | None = N
     return _Expander(data, Where(source), base_dir or Path.cwd(), skip_unknown, path).sweep()
 
 
-def check_buildable(sweep: Sweep) -> None:
-    """Build every distinct task and method of ``sweep`` once on the CPU, as its runs will, before any submission.
-
-    Tasks are built from their params (constructors check values and load no data); each distinct method
-    with its params is built for the ``latent_dim`` and ``codebook_size`` of the tasks it runs on, so a level,
-    threshold or weight a method refuses in ``__init__`` fails here, as a one-line :class:`ConfigError` naming
-    the sweep file, the line, the method and the refused value, instead of in a job. For runs of more than one
-    process, a method that keeps state in buffers but declares no ``distributed_sync`` is refused the same way
-    (the runner would refuse it in every job). Builds draw from a forked RNG: the caller's random state is left
-    as it was.
-    """
-    import torch
-
-    from vqbench.quantizer import uses_undeclared_state
-
-    tasks: dict[tuple[str, str], tuple[int, int]] = {}
-    built: set[tuple[str, str, int, int, bool]] = set()
-    with torch.random.fork_rng(devices=[]):
-        for run in sweep.runs:
-            spec = run.spec
-            task_key = (spec.task, canonical_json(spec.task_params))
-            if task_key not in tasks:
-                try:
-                    task = TASKS.create(spec.task, **spec.task_params)
-                except Exception as exc:  # noqa: BLE001 - any refusal is reported with its place in the file
-                    chosen = _params(TASKS, spec.task, spec.task_params)
-                    raise _origin(sweep, "task", *task_key).error(
-                        f"task {spec.task} cannot be built with {chosen}: {_reason(exc)}; fix the value (nothing "
-                        "was submitted)") from None
-                tasks[task_key] = (task.latent_dim, task.codebook_size)
-            dim, size = tasks[task_key]
-            method_json = canonical_json(spec.method_params)
-            distributed = run.profile.world_size > 1
-            if (spec.method, method_json, dim, size, distributed) in built:
-                continue
-            try:
-                quantizer = METHODS.create(spec.method, dim=dim, codebook_size=size, **spec.method_params)
-            except Exception as exc:  # noqa: BLE001 - any refusal is reported with its place in the file
-                chosen = _params(METHODS, spec.method, spec.method_params)
-                raise _origin(sweep, "method", spec.method, method_json).error(
-                    f"method {spec.method} cannot be built with {chosen} for task {spec.task} "
-                    f"(dim {dim}, codebook_size {size}): {_reason(exc)}; fix the value (nothing was submitted)"
-                ) from None
-            undeclared = uses_undeclared_state(quantizer) if distributed else []
-            if undeclared:
-                shown = ", ".join(undeclared[:4]) + (f" and {len(undeclared) - 4} more" if len(undeclared) > 4 else "")
-                raise _origin(sweep, "method", spec.method, method_json).error(
-                    f"method {spec.method} keeps state (buffers {shown}) but declares no distributed_sync, so its "
-                    f"ranks would drift apart in runs of {run.profile.world_size} processes: run it with one process "
-                    "per run, or declare (and implement) distributed_sync in the method (nothing was submitted)")
-            built.add((spec.method, method_json, dim, size, distributed))
-
-
-def _origin(sweep: Sweep, kind: str, name: str, params_json: str) -> Where:
-    where = sweep.origins.get((kind, name, params_json))
-    return where or Where(str(sweep.path) if sweep.path else f"sweep {sweep.name}", f"{kind}s")
-
-
-def _params(registry: Registry, name: str, params: dict[str, Any]) -> str:
-    """The params that differ from the entry's defaults (the ones the sweep chose), as ``k=v, ...``."""
-    defaults = registry.get(name).defaults
-    chosen = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
-    return ", ".join(f"{k}={v!r}" for k, v in sorted(chosen.items())) or "its defaults"
-
-
-def _reason(exc: BaseException) -> str:
-    """The builder's own message (the registry wraps a ValueError in a UserError that repeats the params)."""
-    cause = exc.__cause__ if isinstance(exc, UserError) and exc.__cause__ is not None else exc
-    return " ".join(str(cause).split()) or type(cause).__name__
-
-
 # -- expansion -------------------------------------------------------------------------------------
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
 @dataclass
 class _Selected:
     names: list[str]
@@ -451,7 +377,7 @@ class _Expander:
             if not selected:
                 continue
             params_where = at.key(item, "params") if "params" in item else at
-            combos = _combos(item, at)
+            combos = param_combos(item, at)
             for name in selected:
                 for combo in combos:
                     try:
@@ -478,7 +404,7 @@ class _Expander:
         # a bare string item ("vq") reports at the item; a mapping's name at its own line
         name_where = where.key(item, "name") if "name" in getattr(item, "key_lines", {}) else where
         pattern = expect_str(item.get("name", "*"), name_where, f"a {kind} name or glob")
-        if _is_glob(pattern):
+        if is_glob(pattern):
             names = registry.list(pattern)
         else:
             try:
@@ -494,7 +420,7 @@ class _Expander:
             cond = check_mapping(item["where"], where.key(item, "where"), filters)
             for key, wanted in cond.items():
                 allowed = wanted if isinstance(wanted, list) else [wanted]
-                names = [n for n in names if _matches(registry, n, key, allowed)]
+                names = [n for n in names if entry_matches(registry, n, key, allowed)]
         if "exclude" in item:
             drop = expect_str_list(item["exclude"], where.key(item, "exclude"), "a list of names or globs")
             names = [n for n in names if not any(fnmatch.fnmatchcase(n, d) for d in drop)]
@@ -509,71 +435,6 @@ class _Expander:
                 return []
             raise where.error(message)
         return names
-
-
-def _matches(registry: Registry, name: str, key: str, allowed: list[Any]) -> bool:
-    entry = registry.get(name)
-    if key == "has_budget":
-        return any(b in (entry.budgets or {}) for b in allowed)
-    return getattr(entry, key) in allowed
-
-
-def _combos(item: dict, where: Where) -> list[dict[str, Any]]:
-    """The parameter combinations of one item: product of ``params`` axes and ``zip`` groups, plus ``fixed``."""
-    axes: list[list[dict[str, Any]]] = []
-    owner: dict[str, str] = {}
-
-    def claim(key: str, section: str, at: Where) -> None:
-        if key in owner:
-            raise at.error(f"parameter {key!r} is set in both {owner[key]} and {section}: set it once")
-        owner[key] = section
-
-    params = item.get("params", {})
-    p_at = where.key(item, "params")
-    if not isinstance(params, dict):
-        raise p_at.error(f"expected a mapping of parameter -> value or list of values; got {type_name(params)}")
-    for key, values in params.items():
-        claim(key, "params", p_at.key(params, key))
-        if isinstance(values, list):
-            if not values:
-                raise p_at.key(params, key).error("an empty list of values expands to nothing")
-            axes.append([{key: plain(v)} for v in values])
-        else:
-            axes.append([{key: plain(values)}])
-    fixed = item.get("fixed", {})
-    f_at = where.key(item, "fixed")
-    if not isinstance(fixed, dict):
-        raise f_at.error(f"expected a mapping of parameter -> value; got {type_name(fixed)}")
-    for key in fixed:
-        claim(key, "fixed", f_at.key(fixed, key))
-    groups = item.get("zip", [])
-    z_at = where.key(item, "zip")
-    if isinstance(groups, dict):
-        groups = [groups]
-    if not isinstance(groups, list):
-        raise z_at.error(f"expected a list of mappings of parameter -> list (zipped together); got {type_name(groups)}")
-    for gi, group in enumerate(groups):
-        g_at = z_at.item(groups, gi) if isinstance(item.get("zip"), list) else z_at
-        if not isinstance(group, dict) or not group:
-            raise g_at.error(f"expected a mapping of parameter -> list of values; got {type_name(group)}")
-        lengths = {}
-        for key, values in group.items():
-            claim(key, "zip", g_at.key(group, key))
-            if not isinstance(values, list) or not values:
-                raise g_at.key(group, key).error(f"zip needs a non-empty list of values; got {type_name(values)}")
-            lengths[key] = len(values)
-        if len(set(lengths.values())) > 1:
-            raise g_at.error(f"zipped lists must have the same length; got {lengths}")
-        n = next(iter(lengths.values()))
-        axes.append([{key: plain(values[j]) for key, values in group.items()} for j in range(n)])
-    combos = []
-    for parts in itertools.product(*axes):
-        combo: dict[str, Any] = {}
-        for part in parts:
-            combo.update(part)
-        combo.update(plain(fixed))
-        combos.append(combo)
-    return combos or [dict(plain(fixed))]
 
 
 __all__ = ["ConfigError", "Sweep", "SweepRun", "check_buildable", "list_suites", "load_sweep", "parse_sweep",

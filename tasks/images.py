@@ -20,10 +20,10 @@ own gradient.
 
 Evaluation over the whole eval split: psnr, ssim, mse (on [0, 1] images), lpips when its weights
 are local, ``fid_inception`` or ``fd_<extractor>`` (:mod:`vqbench.image_metrics`), and every collapse
-metric of :func:`vqbench.metrics.collapse_metrics` on the code counts of all eval tokens over the method's real
-codebook size (``quantizer.codebook_size``, reported as the metric ``codebook_size``), with encoder
-embeddings (a fixed regular subsample of token positions, at most ``MAX_EMBEDDING_ROWS``) and, as the
-data's own representation, the ``f x f x C`` pixel patch under each sampled token. The same evaluation runs
+metric of :class:`vqbench.collapse.CollapseMetrics` on the code counts of all eval tokens over the method's real
+codebook size (``quantizer.codebook_size``, reported as the metric ``codebook_size``), with the encoder
+embeddings of every token and, as the data's own representation, the ``f x f x C`` pixel patch under each
+token (streamed moments: the spectra are exact over the split). The same evaluation runs
 on the validation split (what ``vqbench tune`` selects on): a fixed tenth of the training images
 (``VALIDATION_FRACTION``, seed 0), held out from training since version 2 of every image task.
 
@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.distributed import all_reduce_sum_, gather_rows, local_range
+from vqbench.distributed import gather_rows, local_range
 from vqbench.errors import UserError
 from vqbench.image_metrics import ReconstructionMetrics, lpips_available, lpips_network
-from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
+from vqbench.metrics import Evaluation
 from vqbench.registry import register_task
 from vqbench.tasks.base import Stage, Task, report_reconstruction
 from vqbench.tasks.image_data import (
@@ -275,37 +275,43 @@ class ImageReconstructionTask(Task):
     def evaluate_model(self, model: VQAutoencoder, split: str = "eval") -> Evaluation:
         """Reconstruction quality and collapse metrics over the whole ``split`` (fp32, eval mode).
 
-        In a data-parallel run each rank measures its contiguous part of the split: code counts are summed,
-        the sampled embeddings and patches gathered in rank order (the same rows as one process samples), and
-        the torchmetrics states of the image metrics summed by torchmetrics itself at ``compute``.
+        The collapse metrics stream every token (:class:`vqbench.collapse.CollapseMetrics`: code counts and
+        the moments of latents and pixel patches, so the spectra are the whole split's, exact); only
+        ``embedding_clusters_frac`` uses a fixed regular subsample of token positions (at most
+        ``MAX_EMBEDDING_ROWS``). In a data-parallel run each rank measures its contiguous part of the split and
+        torchmetrics sums the states (CollapseMetrics' and the image metrics') across ranks; the sampled embeddings
+        are gathered in rank order (the same rows as one process samples).
         """
+        from vqbench.collapse import CollapseMetrics, split_evaluation
+
         quantizer = model.quantizer
         metrics = self.metrics()
         metrics.reset()
-        usage = CodebookUsage(quantizer.codebook_size).to(self.device)
         h, w = self.token_grid
+        width, patch = self.latent_dim, self.channels * self.downsample ** 2
+        collapse = CollapseMetrics(quantizer.codebook_size, width, reference_dim=patch).to(self.device)
         total_tokens = len(self.split_data(split)) * h * w
         stride = max(1, math.ceil(total_tokens / MAX_EMBEDDING_ROWS))
-        embeddings, reference = [], []
+        embeddings = []
         first_image, stop_image = local_range(len(self.split_data(split)))
         seen = first_image * h * w  # global index of this rank's first token
         for images in self.eval_batches(split=split, part=(first_image, stop_image)):
             x = self.model_input(images)
             out = model(x)
-            usage.update(out.quant.indices)
             metrics.update(to_unit(x), to_unit(out.x_hat))
             n_tok = images.shape[0] * h * w
+            z = out.z.permute(0, 2, 3, 1).reshape(n_tok, -1).float()
+            finite = bool(torch.isfinite(z).all())  # a diverged model's NaN latents leave the spectra NaN
+            collapse.update(out.quant.indices, latents=z if finite else None,
+                            reference=token_patches(x.float(), self.downsample).reshape(n_tok, -1))
             first = (-seen) % stride  # global token index seen + first is the next multiple of stride
-            keep = torch.arange(first, n_tok, stride, device=self.device)
-            embeddings.append(out.z.permute(0, 2, 3, 1).reshape(n_tok, -1)[keep].float().cpu())
-            reference.append(token_patches(x.float(), self.downsample).reshape(n_tok, -1)[keep].cpu())
+            embeddings.append(z[torch.arange(first, n_tok, stride, device=self.device)].cpu())
             seen += n_tok
-        all_reduce_sum_(usage.counts)
-        width, patch = self.latent_dim, self.channels * self.downsample ** 2
+        codebook = quantizer.codebook()
+        if codebook is not None:
+            collapse.update(torch.zeros(0, dtype=torch.long, device=self.device), codebook=codebook.float())
         embeddings_all = gather_rows(torch.cat(embeddings) if embeddings else torch.zeros(0, width), width)
-        reference_all = gather_rows(torch.cat(reference) if reference else torch.zeros(0, patch), patch)
-        ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), embeddings_all, reference=reference_all,
-                              seed=0)
+        ev = split_evaluation(collapse, embeddings_all)
         ev.metrics.update(metrics.compute())  # (torchmetrics sums its states over ranks first)
         ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K (FSQ, LFQ differ)
         return ev

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqbench.distributed import all_reduce_sum_, gather_rows, local_range, sum_floats
-from vqbench.metrics import CodebookUsage, Evaluation, collapse_metrics
+from vqbench.distributed import gather_rows, local_range, sum_floats
+from vqbench.metrics import Evaluation
 from vqbench.registry import register_task
 from vqbench.tasks.base import EpochSampler, Stage, Task, report_reconstruction
 
@@ -105,22 +105,29 @@ class VectorReconstructionTask(Task):
 
         @torch.no_grad()
         def evaluate_on(data: Tensor) -> Evaluation:
-            # each rank its contiguous part (all of it in one process): counts and squared errors summed over
-            # ranks, embeddings gathered in rank order (the whole split's, in order)
-            usage = CodebookUsage(quantizer.codebook_size).to(self.device)
+            # each rank its contiguous part (all of it in one process): the collapse metrics stream every row
+            # (CollapseMetrics: counts and moments summed over ranks), squared errors are summed, and the
+            # embeddings are gathered in rank order for the one sample-based number (embedding_clusters_frac)
+            from vqbench.collapse import CollapseMetrics, split_evaluation
+
+            collapse = CollapseMetrics(quantizer.codebook_size, self.latent_dim,
+                                       reference_dim=self.data_dim).to(self.device)
             first, stop = local_range(data.shape[0])
             sq_err, embeddings = 0.0, []
             for start in range(first, stop, 4096):
                 x = data[start:min(start + 4096, stop)]
                 x_hat, z, out = model(x)
                 sq_err += float((x_hat - x).pow(2).sum())
-                usage.update(out.indices)
+                finite = bool(torch.isfinite(z).all())  # a diverged model's NaN latents leave the spectra NaN
+                collapse.update(out.indices, latents=z if finite else None, reference=x)
                 embeddings.append(z)
+            codebook = quantizer.codebook()
+            if codebook is not None:
+                collapse.update(torch.zeros(0, dtype=torch.long, device=self.device), codebook=codebook)
             (sq_err,) = sum_floats(sq_err)
-            all_reduce_sum_(usage.counts)
             z_all = gather_rows(torch.cat(embeddings) if embeddings else data.new_zeros(0, self.latent_dim),
                                 self.latent_dim)
-            ev = collapse_metrics(usage.counts.cpu(), quantizer.codebook(), z_all, reference=data, seed=0)
+            ev = split_evaluation(collapse, z_all)
             ev.metrics["mse"] = sq_err / (data.shape[0] * self.data_dim)
             ev.metrics["codebook_size"] = float(quantizer.codebook_size)  # the method's real K
             return ev
@@ -129,7 +136,7 @@ class VectorReconstructionTask(Task):
                       items_per_batch=budget.batch_size, validate=lambda: evaluate_on(self.validation_x))]
 
 
-@register_task("gmm", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+@register_task("gmm", version=2, kind="synthetic", main_metric="mse", higher_is_better=False,
                description="Reconstruct points of a Gaussian mixture through an MLP autoencoder",
                budgets={"quick": QUICK, "paper": PAPER},
                n_modes=64, data_dim=32, latent_dim=16, codebook_size=256, separation=2.0,
@@ -152,7 +159,7 @@ class GaussianMixtureTask(VectorReconstructionTask):
         return train, test, validation
 
 
-@register_task("gmm-codebook", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+@register_task("gmm-codebook", version=2, kind="synthetic", main_metric="mse", higher_is_better=False,
                description="Fit a codebook to fixed Gaussian-mixture embeddings (no encoder): the codebook "
                            "initialisation is the tokens-collapse knob",
                budgets={"quick": QUICK, "paper": PAPER},
@@ -187,7 +194,7 @@ def random_manifold(n: int, intrinsic_dim: int, data_dim: int, generator: torch.
     return torch.tanh(u @ weights[0].t()) @ weights[1].t(), weights
 
 
-@register_task("manifold", version=1, kind="synthetic", main_metric="mse", higher_is_better=False,
+@register_task("manifold", version=2, kind="synthetic", main_metric="mse", higher_is_better=False,
                description="Reconstruct points of a curved 16-dim manifold in 64 dims; the encoder's width and depth "
                            "are the embeddings-collapse knob",
                budgets={"quick": QUICK, "paper": PAPER},

@@ -116,6 +116,25 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def checked_multipliers(downsample: int, channel_mult: Sequence[int] | None, channels: int, latent_dim: int,
+                        num_res_blocks: int) -> tuple[int, ...]:
+    """:func:`channel_multipliers`, after which the widths and depth an :class:`Encoder` / :class:`Decoder` gets are
+    checked (a :class:`UserError` saying what is allowed)."""
+    mult = channel_multipliers(downsample, channel_mult)
+    if channels < 1 or latent_dim < 1 or num_res_blocks < 0:
+        raise UserError("channels and latent_dim must be >= 1 and num_res_blocks >= 0")
+    return mult
+
+
+def middle_block(width: int, attention: bool, dropout: float) -> nn.Sequential:
+    """The lowest-resolution block of :class:`Encoder` and :class:`Decoder`: ResnetBlock, [AttnBlock,] ResnetBlock."""
+    mid: list[nn.Module] = [ResnetBlock(width, width, dropout)]
+    if attention:
+        mid.append(AttnBlock(width))
+    mid.append(ResnetBlock(width, width, dropout))
+    return nn.Sequential(*mid)
+
+
 class Encoder(nn.Module):
     """Images ``(N, in_channels, H, W)`` -> latents ``(N, latent_dim, H / f, W / f)``, ``f = downsample``."""
 
@@ -123,9 +142,7 @@ class Encoder(nn.Module):
                  channel_mult: Sequence[int] | None = None, num_res_blocks: int = 2, attention: bool = False,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        mult = channel_multipliers(downsample, channel_mult)
-        if channels < 1 or latent_dim < 1 or num_res_blocks < 0:
-            raise UserError("channels and latent_dim must be >= 1 and num_res_blocks >= 0")
+        mult = checked_multipliers(downsample, channel_mult, channels, latent_dim, num_res_blocks)
         self.downsample, self.latent_dim = downsample, latent_dim
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         blocks: list[nn.Module] = []
@@ -138,11 +155,7 @@ class Encoder(nn.Module):
                     blocks.append(AttnBlock(width))
             if level != len(mult) - 1:
                 blocks.append(Downsample(width))
-        mid: list[nn.Module] = [ResnetBlock(width, width, dropout)]
-        if attention:
-            mid.append(AttnBlock(width))
-        mid.append(ResnetBlock(width, width, dropout))
-        self.down, self.mid = nn.Sequential(*blocks), nn.Sequential(*mid)
+        self.down, self.mid = nn.Sequential(*blocks), middle_block(width, attention, dropout)
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, latent_dim, 3, padding=1)
 
@@ -158,15 +171,10 @@ class Decoder(nn.Module):
                  channel_mult: Sequence[int] | None = None, num_res_blocks: int = 2, attention: bool = False,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        mult = channel_multipliers(downsample, channel_mult)
-        if channels < 1 or latent_dim < 1 or num_res_blocks < 0:
-            raise UserError("channels and latent_dim must be >= 1 and num_res_blocks >= 0")
+        mult = checked_multipliers(downsample, channel_mult, channels, latent_dim, num_res_blocks)
         width = channels * mult[-1]
         self.conv_in = nn.Conv2d(latent_dim, width, 3, padding=1)
-        mid: list[nn.Module] = [ResnetBlock(width, width, dropout)]
-        if attention:
-            mid.append(AttnBlock(width))
-        mid.append(ResnetBlock(width, width, dropout))
+        mid = middle_block(width, attention, dropout)
         blocks: list[nn.Module] = []
         for level in reversed(range(len(mult))):
             for _ in range(num_res_blocks + 1):
@@ -176,7 +184,7 @@ class Decoder(nn.Module):
                     blocks.append(AttnBlock(width))
             if level != 0:
                 blocks.append(Upsample(width))
-        self.mid, self.up = nn.Sequential(*mid), nn.Sequential(*blocks)
+        self.mid, self.up = mid, nn.Sequential(*blocks)
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from task_helpers import evaluate_with_nine_codes
 
 import vqbench.image_metrics as im
 from vqbench.errors import UserError
@@ -475,13 +476,7 @@ def test_vqlc_on_digits_builds_its_bank_from_the_warmed_up_encoder():
 
 def test_usage_metrics_are_over_the_methods_real_codebook_size():
     """FSQ with levels [3, 3] has 9 codes on a 16-code task: utilization, perplexity and the histogram use 9."""
-    task = create_task("digits", **TINY)
-    task.setup(torch.device("cpu"), 0)
-    q = create_method("fsq", dim=task.latent_dim, codebook_size=task.codebook_size, levels=[3, 3])
-    stage = task.stages(q, Budget(steps=1, batch_size=16, eval_interval=1))[0]
-    stage.model.eval()
-    ev = stage.evaluate()
-    used = sum(1 for c in ev.arrays["usage_histogram"] if c > 0)
+    _, ev, used = evaluate_with_nine_codes("digits", TINY, batch_size=16)
     assert ev.metrics["codebook_size"] == 9 and len(ev.arrays["usage_histogram"]) == 9
     assert ev.metrics["utilization"] == pytest.approx(used / 9)
 

@@ -4,20 +4,38 @@ the papers' / reference code's equations on tiny hand-built examples, plus a sho
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 import vqbench.methods.ibq as ibq_module
 from vqbench.errors import UserError
 from vqbench.methods.base import CodebookQuantizer, nearest_code
 from vqbench.methods.optvq import sinkhorn_assign
 from vqbench.methods.vqlc import FROM_BANK, FROM_BATCH_DATA, FROM_BATCH_KMEANS, kmeans
+from vqbench.quantizer import QuantizeOutput
 from vqbench.registry import create_method
 
 NEW_METHODS = ["simvq", "cvq", "vq-lc", "vq-affine", "ibq", "optvq"]
+
+
+def _assert_same_forward_and_backward(ours: nn.Module, reference: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
+                                      z: Tensor, weight: Tensor) -> QuantizeOutput:
+    """``ours(z)`` and ``reference(z)`` (``(z_q, indices, loss)``) agree: indices exactly, ``z_q`` and loss to float
+    tolerance, and the gradient w.r.t. ``z`` of ``sum(z_q * weight) + loss``; returns ours (parameters' grads set)."""
+    z_ours, z_ref = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    out = ours(z_ours)
+    z_q_ref, indices_ref, loss_ref = reference(z_ref)
+    assert torch.equal(out.indices, indices_ref)
+    torch.testing.assert_close(out.z_q, z_q_ref)
+    torch.testing.assert_close(out.loss, loss_ref)
+    ((out.z_q * weight).sum() + out.loss).backward()
+    ((z_q_ref * weight).sum() + loss_ref).backward()
+    torch.testing.assert_close(z_ours.grad, z_ref.grad)
+    return out
 
 
 # -- SimVQ -----------------------------------------------------------------------------------------
@@ -33,20 +51,11 @@ def test_simvq_matches_vector_quantize_pytorch(bias):
     theirs.frozen_codebook.copy_(ours.basis)
     theirs.code_transform.load_state_dict(ours.proj.state_dict())
     z = torch.randn(2, 50, dim)
-    weight = torch.randn(2, 50, dim)
-    z_ours, z_theirs = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    out = ours(z_ours)
-    quantized, indices, loss = theirs(z_theirs)
-    assert torch.equal(out.indices, indices)
-    torch.testing.assert_close(out.z_q, quantized)
-    torch.testing.assert_close(out.loss, loss)
-    ((out.z_q * weight).sum() + out.loss).backward()
-    ((quantized * weight).sum() + loss).backward()
-    torch.testing.assert_close(z_ours.grad, z_theirs.grad)
+    out = _assert_same_forward_and_backward(ours, theirs, z, weight=torch.randn(2, 50, dim))
     torch.testing.assert_close(ours.proj.weight.grad, theirs.code_transform.weight.grad)
     if bias:
         torch.testing.assert_close(ours.proj.bias.grad, theirs.code_transform.bias.grad)
-    torch.testing.assert_close(ours.decode_indices(indices), theirs.indices_to_codes(indices))
+    torch.testing.assert_close(ours.decode_indices(out.indices), theirs.indices_to_codes(out.indices))
 
 
 def test_simvq_basis_is_frozen_and_decodes_through_the_projection():
@@ -251,16 +260,8 @@ def test_ibq_matches_the_dense_reference_and_reaches_unused_codes(monkeypatch, e
     q.train()
     codes_ref = q.embedding.detach().clone().requires_grad_(True)
     z = torch.randn(n, dim)
-    weight = torch.randn(n, dim)
-    z_ours, z_ref = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    out = q(z_ours)
-    z_q_ref, ind_ref, loss_ref = _dense_ibq(z_ref, codes_ref, 0.25, q.entropy_weight)
-    assert torch.equal(out.indices, ind_ref)
-    torch.testing.assert_close(out.z_q, z_q_ref)
-    torch.testing.assert_close(out.loss, loss_ref)
-    ((out.z_q * weight).sum() + out.loss).backward()
-    ((z_q_ref * weight).sum() + loss_ref).backward()
-    torch.testing.assert_close(z_ours.grad, z_ref.grad)
+    out = _assert_same_forward_and_backward(q, lambda z_ref: _dense_ibq(z_ref, codes_ref, 0.25, q.entropy_weight),
+                                            z, weight=torch.randn(n, dim))
     torch.testing.assert_close(q.embedding.grad, codes_ref.grad)
     unused = torch.ones(k, dtype=torch.bool)
     unused[out.indices] = False

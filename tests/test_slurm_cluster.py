@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import starts, wait_for
+from sweep_helpers import PLUGIN, final, run_in_one_process, starts, wait_for
 from sweep_helpers import sweep_file as _sweep_file
 
 from vqbench.registry import METHODS
 from vqbench.slurm import jobs
 from vqbench.slurm.launch import run_sweep, sweep_status
 from vqbench.slurm.sweep import load_sweep
-from vqbench.store import ResultStore, final_metrics
+from vqbench.store import ResultStore
 
 pytestmark = pytest.mark.slurm
 
@@ -98,38 +98,6 @@ def finish(sweep, results: Path, timeout: float = 400):
     return wait_for(lambda: (lambda s: s if not s.of("running", "pending", "unknown") else None)(
         sweep_status(sweep, results)), timeout, f"sweep {sweep.name} to finish", poll=1,
         show=lambda: sweep_status(sweep, results).format())
-
-
-PLUGIN = '''
-"""A file plugin shipped to Slurm jobs: nearest code with a straight-through estimator."""
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from vqbench.registry import register_method
-from vqbench.methods.base import nearest_code
-from vqbench.quantizer import QuantizeOutput, Quantizer
-
-
-@register_method("{name}", version=1, family="plugin-test", description="file plugin for the Slurm tests")
-class SlurmPluginQuantizer(Quantizer):
-    def __init__(self, dim, codebook_size, beta=0.25):
-        super().__init__()
-        self.dim, self.codebook_size, self.beta = dim, codebook_size, beta
-        self.embed = nn.Parameter(torch.randn(codebook_size, dim))
-
-    def forward(self, z):
-        idx = nearest_code(z.reshape(-1, self.dim), self.embed).reshape(z.shape[:-1])
-        e = self.embed[idx]
-        loss = F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
-        return QuantizeOutput(z + (e - z).detach(), idx, loss)
-
-    def codebook(self):
-        return self.embed.detach()
-
-    def decode_indices(self, indices):
-        return self.embed[indices]
-'''
 
 
 # -- without accounting -----------------------------------------------------------------------------
@@ -226,11 +194,6 @@ def test_checkpoint_signal_requeues_and_resumes_to_identical_metrics(cluster, tm
     log = (jobs.jobs_dir(results, "requeue") / "logs" / job_id / f"{job_id}_0_log.out").read_text()
     assert "Requeued job" in log and f"resuming run {spec.run_id}" in log
 
-    def final(root: Path) -> dict[str, float]:
-        store = ResultStore(root)
-        table = final_metrics(store.load_runs(), store.load_metrics())
-        return {c: float(table[c].iloc[0]) for c in table.columns if c.startswith("metric.")}
-
     assert final(results) == final(ref_results) and final(results)
     row = ResultStore(results).load_runs().iloc[0]
     assert row["slurm_job_id"] == job_id and row["status"] == "ok"
@@ -284,21 +247,7 @@ def test_two_task_run_through_sweep_run_matches_one_process(cluster, tmp_path):
     row = ResultStore(results).load_runs().iloc[0]
     assert (row["status"], row["world_size"], row["slurm_job_id"]) == ("ok", 2, job_id)
     # the same spec in one process (the jobs' one thread per rank), within the runner's stated tolerance
-    import torch
-
-    from vqbench.runner import run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
-    finally:
-        torch.set_num_threads(threads)
-
-    def final(root: Path) -> dict[str, float]:
-        store = ResultStore(root)
-        table = final_metrics(store.load_runs(), store.load_metrics())
-        return {c: float(table[c].iloc[0]) for c in table.columns if c.startswith("metric.")}
+    run_in_one_process(spec, tmp_path / "reference")
 
     two, one = final(results), final(tmp_path / "reference")
     assert two and two.keys() == one.keys()

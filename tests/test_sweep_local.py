@@ -12,28 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
-from sweep_helpers import starts, sweep_file, wait_for
+from sweep_helpers import final, run_in_one_process, starts, sweep_file, wait_for
 
-from vqbench.runner import run
 from vqbench.slurm import jobs
 from vqbench.slurm.launch import run_sweep, sweep_status
 from vqbench.slurm.sweep import load_sweep
-from vqbench.store import ResultStore, final_metrics
+from vqbench.store import ResultStore
 
 pytestmark = pytest.mark.slow
-
-
-
-def final(results: Path) -> dict[str, float]:
-    store = ResultStore(results)
-    table = final_metrics(store.load_runs(), store.load_metrics())
-    cols = sorted(c for c in table.columns if c.startswith("metric."))
-    assert len(table) == 1 and cols
-    return {c: float(table[c].iloc[0]) for c in cols}
 
 
 def test_local_checkpoint_signal_requeues_and_resumes_to_identical_metrics(tmp_path):
@@ -54,12 +42,7 @@ def test_local_checkpoint_signal_requeues_and_resumes_to_identical_metrics(tmp_p
     assert len(attempts) == 2 and attempts[1]["resumed"] is True and attempts[0]["pid"] != attempts[1]["pid"]
     assert status.runs[0].state == "done"
     # the same spec, never interrupted, in this process with the job's thread count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
-    finally:
-        torch.set_num_threads(threads)
+    run_in_one_process(spec, tmp_path / "reference")
     assert final(results) == final(tmp_path / "reference")
 
 
@@ -104,12 +87,7 @@ def test_local_executor_runs_the_ranks_of_a_run_as_tasks_and_matches_one_process
     assert status.counts["done"] == 1, status.format()
     assert [a["ranks"] for a in starts(results)[spec.run_id]] == [2]  # rank 0 alone records
     assert ResultStore(results).load_runs().iloc[0]["world_size"] == 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run(spec, tmp_path / "reference", progress=False).status == "ok"
-    finally:
-        torch.set_num_threads(threads)
+    run_in_one_process(spec, tmp_path / "reference")
     two, one = final(results), final(tmp_path / "reference")
     assert two.keys() == one.keys()
     assert all(abs(two[k] - one[k]) <= 1e-5 * max(1.0, abs(two[k]), abs(one[k])) for k in two), (two, one)

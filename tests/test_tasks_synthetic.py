@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from task_helpers import evaluate_with_nine_codes
 
 from vqbench.registry import create_method, create_task
 from vqbench.spec import Budget
@@ -14,13 +15,7 @@ SMALL = {"n_train": 512, "n_eval": 256}
 @pytest.mark.parametrize("task_name", ["gmm", "gmm-codebook", "manifold"])
 def test_usage_is_over_the_methods_real_codebook_size(task_name):
     """FSQ with levels [3, 3] has 9 codes on a 256-code task: utilization and the histogram are over 9."""
-    task = create_task(task_name, **SMALL)
-    task.setup(torch.device("cpu"), 0)
-    q = create_method("fsq", dim=task.latent_dim, codebook_size=task.codebook_size, levels=[3, 3])
-    stage = task.stages(q, Budget(steps=1, batch_size=64, eval_interval=1))[0]
-    stage.model.eval()
-    ev = stage.evaluate()
-    used = sum(1 for c in ev.arrays["usage_histogram"] if c > 0)
+    task, ev, used = evaluate_with_nine_codes(task_name, SMALL, batch_size=64)
     assert task.codebook_size == 256 and ev.metrics["codebook_size"] == 9
     assert len(ev.arrays["usage_histogram"]) == 9 and ev.metrics["utilization"] == pytest.approx(used / 9)
 

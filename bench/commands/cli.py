@@ -119,6 +119,10 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     from vqbench.store import ResultStore, final_metrics
 
+    if args.action == "compact":
+        return cmd_results_compact(args)
+    if args.drop_checkpoints:
+        raise UserError("--drop-checkpoints goes with `vqbench results compact`")
     store = ResultStore(args.results)
     runs = store.load_runs()
     if runs.empty:
@@ -138,6 +142,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     df = _results_table(final_metrics(runs, store.load_metrics(args.task)))
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(df.to_string(index=False))
+    return 0
+
+
+def cmd_results_compact(args: argparse.Namespace) -> int:
+    """``vqbench results compact``: one Parquet file per table (``vqbench.compact``)."""
+    from vqbench.compact import compact
+
+    if args.task or args.sweep:
+        raise UserError("`vqbench results compact` compacts the whole store: drop --task/--sweep")
+    summary = compact(args.results, drop_checkpoints=args.drop_checkpoints)
+    print(f"compacted {args.results}: " + "; ".join(summary.lines()))
     return 0
 
 
@@ -271,11 +286,16 @@ def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_results(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("results", parents=[common], help="print the runs in a results folder")
+    p = sub.add_parser("results", parents=[common],
+                       help="print the runs in a results folder (`results compact`: one file per table)")
+    p.add_argument("action", nargs="?", choices=["compact"], default=None,
+                   help="compact: rewrite the per-run files as one Parquet file per table (lossless)")
     p.add_argument("--results", default="results")
     p.add_argument("--task", default=None)
     p.add_argument("--sweep", default=None, metavar="NAME",
                    help="only the runs sweep NAME lists (shared runs too: results/sweeps/NAME.json)")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="with compact: also delete the checkpoints of complete runs (not resumable then)")
     p.set_defaults(func=cmd_results)
 
 

@@ -1,10 +1,15 @@
-"""The options of ``vqbench perf`` (also ``python -m vqbench.commands.perf``) and the command itself."""
+"""The options of ``vqbench perf`` (also ``python -m vqbench.commands.perf``) and the command itself.
+
+``vqbench perf`` measures the quantizer table; ``vqbench perf --overhead --task gmm --method vq --steps 600``
+measures the runner's overhead against a bare training loop instead (:mod:`.overhead`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vqbench.commands.perf.plan import (
     DEFAULT_CELL_TIMEOUT_S,
@@ -18,6 +23,12 @@ from vqbench.commands.perf.plan import (
     SIZES,
     PerfConfig,
 )
+
+if TYPE_CHECKING:
+    from vqbench.commands.perf.overhead import OverheadConfig
+
+#: timed trainings each way of ``--overhead`` (each is a whole training)
+OVERHEAD_REPEATS = 3
 
 
 def int_list(text: str) -> list[int]:
@@ -36,14 +47,17 @@ def str_list(text: str) -> list[str]:
 def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``vqbench perf``; the CLI: ``add_perf_arguments(p); p.set_defaults(func=cmd_perf)``."""
     parser.add_argument("--results", default="results", help="results folder (rows go to RESULTS/perf/)")
-    parser.add_argument("--methods", type=str_list, default=list(MAIN_METHODS),
-                        help=f"comma-separated method names (default: {','.join(MAIN_METHODS)})")
+    parser.add_argument("--methods", "--method", type=str_list, default=None,
+                        help=f"comma-separated method names (default: {','.join(MAIN_METHODS)}; with --overhead: vq)")
     parser.add_argument("--sizes", type=int_list, default=list(SIZES),
                         help="comma-separated codebook sizes K (default: 1024,65536,262144,1048576)")
     parser.add_argument("--dims", type=int_list, default=list(DIMS), help="comma-separated dims (default: 8,32,256)")
     parser.add_argument("--n", type=int, default=N_VECTORS, help=f"input vectors per call (default: {N_VECTORS})")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per cell (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed calls per cell (median; default {DEFAULT_REPEATS}); with --overhead: timed "
+                             f"trainings each way (default {OVERHEAD_REPEATS})")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed calls before timing (with --overhead: untimed trainings each way)")
     parser.add_argument("--min-time", type=float, default=MIN_TIMED_S,
                         help=f"seconds of timed calls per cell at least: short cells repeat more than --repeats "
                              f"times (default: {MIN_TIMED_S})")
@@ -62,18 +76,63 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
                              f"take <= {INTERLEAVE_MAX_MS:.0f} ms are re-timed with their calls alternating)")
     parser.add_argument("--no-search", dest="search", action="store_false",
                         help="skip the nearest-code search vs torch.mm cells")
+    overhead = parser.add_argument_group("runner overhead (--overhead)")
+    overhead.add_argument("--overhead", action="store_true",
+                          help="instead of the quantizer table: the runner's training time per step against a bare "
+                               "loop of the same model and data, per (task, method)")
+    overhead.add_argument("--tasks", "--task", type=str_list, default=["gmm"],
+                          help="comma-separated task names (default: gmm)")
+    overhead.add_argument("--budget", default="quick", help="named budget of the tasks (default: quick)")
+    overhead.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the budget's)")
+    overhead.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a parameter as in `vqbench run`: NAME or method.NAME, task.NAME, "
+                               "budget.NAME; repeatable")
+    overhead.add_argument("--seed", type=int, default=0)
+    overhead.add_argument("--threads", type=int, default=None,
+                          help="torch threads for both trainings (default: torch's current setting)")
 
 
 def config_from_args(args: argparse.Namespace) -> PerfConfig:
     """The :class:`PerfConfig` of parsed ``vqbench perf`` options (raises ``UserError`` on bad sizes)."""
-    return PerfConfig(results=args.results, methods=args.methods, sizes=args.sizes, dims=args.dims, n=args.n,
-                      repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time, device=args.device,
+    methods = list(MAIN_METHODS) if args.methods is None else args.methods
+    repeats = DEFAULT_REPEATS if args.repeats is None else args.repeats
+    return PerfConfig(results=args.results, methods=methods, sizes=args.sizes, dims=args.dims, n=args.n,
+                      repeats=repeats, warmup=args.warmup, min_time_s=args.min_time, device=args.device,
                       compare=args.compare, search=args.search, memory_cap_gib=args.memory_cap_gib,
                       cell_timeout_s=args.cell_timeout, isolate=args.isolate, interleave=args.interleave)
 
 
+def overhead_config_from_args(args: argparse.Namespace) -> OverheadConfig:
+    """The :class:`OverheadConfig` of parsed ``vqbench perf --overhead`` options (raises ``UserError``)."""
+    from vqbench.commands.cli import parse_assignments
+    from vqbench.commands.perf.overhead import OverheadConfig
+
+    task_params, method_params, budget_overrides = parse_assignments(args.set)
+    return OverheadConfig(tasks=args.tasks, methods=["vq"] if args.methods is None else args.methods,
+                          budget=args.budget, steps=args.steps, task_params=task_params, method_params=method_params,
+                          budget_overrides=budget_overrides, seed=args.seed,
+                          repeats=OVERHEAD_REPEATS if args.repeats is None else args.repeats, warmup=args.warmup,
+                          device=args.device, threads=args.threads)
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    """``vqbench perf --overhead``: the ratio table of the runner against a bare loop; 1 when a pair failed."""
+    from vqbench.commands.perf.overhead import overhead_header, overhead_table, run_overhead
+    from vqbench.runner import select_device
+
+    config = overhead_config_from_args(args)
+    header = overhead_header(config, select_device(config.device))
+    print(header)
+    rows = run_overhead(config)
+    print(overhead_table(rows, header))
+    return 1 if any(r.error for r in rows) else 0
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
-    """``vqbench perf``: measure the table, print its summary and where the rows are."""
+    """``vqbench perf``: measure the table, print its summary and where the rows are (``--overhead``: the runner's
+    overhead instead, :func:`cmd_overhead`)."""
+    if getattr(args, "overhead", False):
+        return cmd_overhead(args)
     from vqbench.commands.perf.report import summary_text
     from vqbench.commands.perf.run import run_perf
     from vqbench.store import load_perf
