@@ -5,7 +5,7 @@ For each (task, task params, method, method params) point of the sweep, ``N`` tr
 learning-rate knob) and run at seed :data:`TRIAL_SEED` as the sweep ``<name>.trials`` (tags ``tune:<name>``,
 ``trial:<i>``, ``trials:<N>``). Once every trial has finished, the selection (:func:`vqbench.tuning.select_trials`:
 best final **validation** main metric, ties to the lower trial index) is derived from the store, and each selected
-configuration runs with the sweep's seeds, shifted past the trial seed so they are fresh
+configuration runs with the sweep's seeds (at least three), shifted past the trial seed so they are fresh
 (``seed + 1``), as the sweep ``<name>.tuned`` (tags ``suite:<name>``, ``tuned:<name>``, ``trials:<N>``): the
 tuned track of suite ``<name>``, beside its defaults track (``vqbench sweep run <name>``).
 
@@ -42,6 +42,7 @@ from vqbench.tuning import (
 )
 
 TRIAL_SEED = 0
+MIN_FINAL_SEEDS = 3
 
 
 @dataclass
@@ -111,8 +112,11 @@ def _one_configuration_per_task_and_method(sweep: Sweep) -> None:
 
 
 def final_sweep(sweep: Sweep, trials: int, selected_specs: list[RunSpec]) -> Sweep:
-    """The selected configurations at the sweep's seeds shifted past the trial seed (fresh seeds)."""
+    """The selected configurations at the sweep's seeds shifted past the trial seed (fresh seeds), at least
+    :data:`MIN_FINAL_SEEDS` of them (a sweep of fewer seeds gets the next ones)."""
     seeds = sorted({r.spec.seed for r in sweep.runs})
+    while len(seeds) < MIN_FINAL_SEEDS:
+        seeds.append(seeds[-1] + 1)
     profile = {(r.spec.task, r.spec.method): r.profile for r in sweep.runs}
     tags = (f"suite:{sweep.name}", f"{TUNED_TAG}{sweep.name}", f"trials:{trials}", *sweep.tags)
     runs = []

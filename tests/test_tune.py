@@ -21,7 +21,7 @@ tasks:
   - name: gmm
     params: {n_train: 512, n_eval: 256, n_modes: 8, hidden: 32, codebook_size: 32}
 methods: [vq, vq-ema, fsq]
-seeds: 2
+seeds: 1
 budget: {steps: 16, batch_size: 64, eval_interval: 8}
 executor: {profile: cpu-debug, cluster: local}
 """
@@ -80,14 +80,14 @@ def test_bad_spaces_and_trial_counts_fail_before_anything_is_submitted(sweep, tm
 def test_tune_runs_trials_then_the_selection_with_fresh_seeds(sweep, tmp_path):
     results = tmp_path / "results"
     summary = tune(sweep, 3, results, executor="debug", wait=True, log=None)
-    assert summary.finals is not None and summary.trials.submitted == 9 and summary.finals.submitted == 6
+    assert summary.finals is not None and summary.trials.submitted == 9 and summary.finals.submitted == 9
     store = ResultStore(results)
     runs, metrics = store.load_runs(), store.load_metrics()
     assert (metrics["split"] == "validation").any()
     chosen = select_trials(runs, metrics, "tiny-tune").set_index("method")
     assert sorted(chosen.index) == ["fsq", "vq", "vq-ema"] and (chosen["trials"] == 3).all()
     finals = runs[runs["tags"].map(lambda t: "tuned:tiny-tune" in list(t))]
-    assert len(finals) == 6 and sorted(set(finals["seed"])) == [1, 2]
+    assert len(finals) == 9 and sorted(set(finals["seed"])) == [1, 2, 3]  # at least 3 fresh seeds
     assert all("suite:tiny-tune" in list(t) and "trials:3" in list(t) for t in finals["tags"])
     for method, row in chosen.iterrows():
         trial = RunSpec.from_json(runs.set_index("run_id").loc[row["run_id"], "spec"])
