@@ -358,12 +358,12 @@ class ResultStore:
         """Whether ``run_id`` is stored with a complete status (``ok`` or ``diverged``)."""
         return self.run_status(run_id) in COMPLETE_STATUSES
 
-    def _read_all(self, paths: list[Path], schema: pa.Schema) -> list[pa.Table]:
+    def _read_all(self, paths: list[Path], schema: pa.Schema, filters: list | None = None) -> list[pa.Table]:
         if len(paths) > 64:
             with ThreadPoolExecutor(max_workers=8) as pool:
-                tables = list(pool.map(lambda p: _read(p, schema), paths))
+                tables = list(pool.map(lambda p: _read(p, schema, filters), paths))
         else:
-            tables = [_read(p, schema) for p in paths]
+            tables = [_read(p, schema, filters) for p in paths]
         return [t for t in tables if t is not None]
 
     def load_table(self, kind: str, task: str | None = None, ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -381,7 +381,7 @@ class ResultStore:
         filters = None if wanted is None else [(key, "in", sorted(wanted - replaced))]
         if filters is not None and not filters[0][2]:
             compacted = []
-        parts = [without_ids(t, key, replaced) for t in self._read_all(compacted, schema)]
+        parts = [without_ids(t, key, replaced) for t in self._read_all(compacted, schema, filters)]
         parts += self._read_all(per_run, schema)
         parts = [t.select(schema.names).cast(schema) for t in parts if t.num_rows]
         if not parts:

@@ -283,3 +283,62 @@ def test_plan_cells_follow_the_config():
     assert {(c.n, c.repeats, c.warmup, c.min_time_s) for c in cells} == {(8, 2, 0, 0.5)}
     lean = PerfConfig(methods=["vq"], sizes=[64], dims=[4], compare=False, search=False)
     assert [(c.implementation, c.method) for c in perf.plan_cells(lean)] == [("vqbench", "vq")]
+
+
+# -- vqbench perf --overhead: the runner against a bare loop of the same model and data -----------------------------
+TINY_GMM = ["--set", "task.n_train=256", "--set", "task.n_eval=64", "--set", "budget.batch_size=32",
+            "--set", "budget.eval_interval=4"]
+
+
+def test_overhead_mode_prints_a_ratio_per_task_and_method(capsys):
+    import vqbench.runner
+
+    build_stages = vqbench.runner._build_stages
+    code = perf.main(["--overhead", "--task", "gmm", "--method", "vq", "--steps", "6", "--repeats", "1",
+                      "--warmup", "0", "--device", "cpu", "--threads", "1", *TINY_GMM])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("runner overhead on cpu (1 torch threads")
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("task "))
+    names = [n.strip() for n in lines[at].split("  ") if n.strip()]  # (the names are separated by 2+ spaces)
+    cells = dict(zip(names, lines[at + 1].split()))
+    assert len(cells) == len(names) == 11
+    assert cells["task"] == "gmm" and cells["method"] == "vq" and cells["steps"] == "6"
+    assert float(cells["bare ms/step"]) > 0 and float(cells["runner ms/step"]) > 0
+    bare, runner = float(cells["bare ms/step"]), float(cells["runner ms/step"])
+    assert float(cells["overhead"].rstrip("%")) == pytest.approx(100 * (runner / bare - 1), abs=0.1)
+    assert cells["same weights"] == "yes"  # the bare loop trained exactly what the runner trained
+    assert "target: overhead <= 10%" in out
+    assert vqbench.runner._build_stages is build_stages  # the runner is left as it was
+
+
+def test_overhead_rows_separate_training_from_evaluation(tmp_path):
+    from vqbench.commands.perf.overhead import OverheadConfig, measure_overhead
+
+    config = OverheadConfig(tasks=["gmm"], methods=["vq"], steps=4, task_params={"n_train": 256, "n_eval": 64},
+                            budget_overrides={"batch_size": 32, "eval_interval": 2})
+    row = measure_overhead(config.spec("gmm", "vq"), torch.device("cpu"), repeats=2, warmup=0, scratch=tmp_path)
+    assert row.steps == 4 and not row.error
+    assert len(row.pair_overheads) == 2 and row.overhead == pytest.approx(row.runner_ms / row.bare_ms - 1)
+    assert row.eval_s > 0  # 3 evaluations, each with a validation pass, measured apart from training
+    assert row.loop_ms > 0 and row.loop_ms <= row.runner_ms + 1e-9  # the runner's own loop is part of its run
+    assert row.outside_s == pytest.approx(1e-3 * (row.runner_ms - row.loop_ms) * row.steps, abs=1e-3)
+
+
+def test_overhead_failures_are_rows_or_one_line_errors(tmp_path, capsys, monkeypatch):
+    from vqbench.commands.perf import overhead
+
+    assert perf.main(["--overhead", "--task", "gmm", "--method", "no-such-method", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-method" in err and len(err.strip().splitlines()) == 1
+    assert perf.main(["--overhead", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(overhead, "measure_overhead", broken)
+    assert perf.main(["--overhead", "--task", "gmm", "--method", "vq,fsq", "--steps", "2", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("error: RuntimeError: boom") == 4  # each pair as it came, then in the table

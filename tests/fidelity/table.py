@@ -48,7 +48,7 @@ ROWS: list[Row] = [
         STEP_COMPARISON + " with restart_noise=0", Tolerance(1e-6, 1e-5),
         "ours adds N(0, (0.01/sqrt d)^2) noise to a restarted code, vqp none: compared with noise 0 (same batch "
         "rows drawn); the noisy draw is checked in test_methods_vq.py::"
-        "test_restart_replaces_only_codes_below_threshold_with_noisy_batch_vectors",
+        "test_restart_replaces_only_codes_below_the_threshold_share_with_noisy_batch_vectors",
         "test_fidelity_vq.py::test_learnable_codebook_options_follow_vector_quantize_pytorch[vq-restart]"),
     Row("vq-kmeans", f"{VQP} VectorQuantize(kmeans_init=True, kmeans_iters=10, learnable_codebook=True)",
         STEP_COMPARISON + " with kmeans_seeding='random'", Tolerance(1e-5, 1e-4),

@@ -117,14 +117,14 @@ def overhead_config_from_args(args: argparse.Namespace) -> OverheadConfig:
 
 def cmd_overhead(args: argparse.Namespace) -> int:
     """``vqbench perf --overhead``: the ratio table of the runner against a bare loop; 1 when a pair failed."""
-    from vqbench.commands.perf.overhead import overhead_header, overhead_table, run_overhead
+    from vqbench.commands.perf.overhead import load_average, overhead_header, overhead_table, run_overhead
     from vqbench.runner import select_device
 
     config = overhead_config_from_args(args)
-    header = overhead_header(config, select_device(config.device))
-    print(header)
+    print(overhead_header(config, select_device(config.device)))
     rows = run_overhead(config)
-    print(overhead_table(rows, header))
+    print(overhead_table(rows))
+    print(f"load average at the end: {load_average()}")
     return 1 if any(r.error for r in rows) else 0
 
 

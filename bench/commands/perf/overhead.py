@@ -357,12 +357,17 @@ def overhead_table(rows: Sequence[OverheadRow], header: str = "") -> str:
     return "\n".join(out)
 
 
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, e.g. ``"1.52/1.10/0.98"`` (``"n/a"`` where unknown)."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def overhead_header(config: OverheadConfig, device: torch.device | str) -> str:
     """The conditions of a measurement: device, threads, repeats, and the machine's load when it starts."""
     import torch
 
     threads = config.threads or torch.get_num_threads()
-    load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     steps = f"{config.steps} steps" if config.steps else "the budget's steps"
     return (f"runner overhead on {device} ({threads} torch threads, {os.cpu_count()} CPUs), budget {config.budget}, "
-            f"{steps}, {config.repeats} interleaved repeats after {config.warmup} warm-up; load average {load}")
+            f"{steps}, {config.repeats} interleaved repeats after {config.warmup} warm-up; "
+            f"load average {load_average()}")
