@@ -52,7 +52,7 @@ ROWS: list[Row] = [
         "test_fidelity_vq.py::test_learnable_codebook_options_follow_vector_quantize_pytorch[vq-restart]"),
     Row("vq-kmeans", f"{VQP} VectorQuantize(kmeans_init=True, kmeans_iters=10, learnable_codebook=True)",
         STEP_COMPARISON + " with kmeans_seeding='random'", Tolerance(1e-5, 1e-4),
-        "vqp seeds k-means with random batch rows, our default is k-means++ (its effect: test_methods_vq.py::"
+        "vqp seeds k-means with random batch rows, our default is k-means++ (its effect: test_methods_vq_search.py::"
         "test_kmeans_init_lowers_initial_quantisation_error); vqp divides the centre sums by Laplace-smoothed "
         "counts (relative change ~K eps / N) and zeroes a centre whose last Lloyd cluster is empty (ours keeps it); "
         "vqp also initialises on an eval forward, ours on the first training forward",
