@@ -26,7 +26,7 @@ from vqbench.leaderboard.context import Links, PageFrame, SiteContext, write_pag
 from vqbench.leaderboard.convergence import from_row, run_badge
 from vqbench.leaderboard.data import TaskInfo, metric_direction, parse_json, slug, tag_list
 from vqbench.leaderboard.html import direction_arrow, escape, format_number, is_finite, url
-from vqbench.leaderboard.load import read_tables
+from vqbench.leaderboard.load import read_run_arrays
 from vqbench.leaderboard.reproduce import reproduce_command
 from vqbench.leaderboard.tracks import trials_anchor
 from vqbench.tuning import trial_index
@@ -101,7 +101,7 @@ class RunChunk:
     curves: CurveRows
     last_eval_steps: dict[str, Any]  # run id -> its last eval step
     metric_columns: list[str]  # the runs table's ``metric.*`` columns
-    array_paths: list[Path]  # the runs' arrays files (those that exist are read)
+    results: Path  # the store's root: the runs' arrays are read from it (per-run or compacted files)
 
 
 def write_run_pages(site: SiteContext, workers: int | None = None) -> None:
@@ -143,13 +143,13 @@ def run_chunks(site: SiteContext, chunk_size: int = RUN_CHUNK) -> list[RunChunk]
                 curves=curve_rows.subset(run_ids),
                 last_eval_steps={rid: last_eval_steps[rid] for rid in run_ids if rid in last_eval_steps},
                 metric_columns=metric_columns,
-                array_paths=[data.store.arrays_path(task_name, rid) for rid in run_ids]))
+                results=data.store.root))
     return chunks
 
 
 def render_run_chunk(chunk: RunChunk) -> int:
     """Write the pages of one chunk; returns how many."""
-    arrays = read_tables([p for p in chunk.array_paths if p.exists()], "arrays", last_only=True, workers=1)
+    arrays = read_run_arrays(chunk.results, chunk.task.name, [r["run_id"] for r in chunk.records])
     arrays_of: dict[str, dict[str, Any]] = defaultdict(dict)
     for run_id, name, values in zip(arrays["run_id"], arrays["name"], arrays["values"]):
         arrays_of[run_id][name] = values

@@ -67,6 +67,7 @@ from vqbench.image_metrics import FrechetDistance
 from vqbench.metrics import Evaluation, code_counts
 from vqbench.registry import TASKS, register_task
 from vqbench.spec import RunSpec
+from vqbench.store import ResultStore
 from vqbench.tasks.base import EpochSampler, Stage, Task
 from vqbench.tasks.image_data import iterate, to_model, to_unit
 from vqbench.tasks.prior import TokenPrior
@@ -80,17 +81,6 @@ MAX_LOGITS = 2**27
 PRIOR_DEFAULTS: dict[str, Any] = dict(
     prior_dim=256, prior_layers=4, prior_heads=4, prior_dropout=0.0, prior_steps=None, prior_lr=None,
     prior_batch_size=None, n_samples=None, sample_batch_size=256, temperature=1.0, top_k=None, pr_k=3)
-
-
-def _read_status(path: Path) -> str | None:
-    """The status column of a run file, or None when it is missing or unreadable."""
-    try:
-        import pyarrow.parquet as pq
-
-        values = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-    except Exception:  # missing, damaged or foreign file: not reusable
-        return None
-    return values[0] if len(values) == 1 else None
 
 
 @contextlib.contextmanager
@@ -165,7 +155,7 @@ class GenerationTask(Task):
                 return None  # it trains its own tokenizer (models[0] is the autoencoder, not the prior)
         rid = recon.run_id
         ckpt = root / "checkpoints" / f"{rid}.pt"
-        if _read_status(root / "runs" / f"{rid}.parquet") != "ok" or not ckpt.is_file():
+        if ResultStore(root).run_status(rid) != "ok" or not ckpt.is_file():  # (per-run or compacted store)
             return None
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if not state.get("complete") or not state.get("models"):

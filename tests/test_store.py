@@ -126,3 +126,18 @@ def test_run_summary_shows_the_main_metric_then_the_collapse_metrics_it_has():
                               final={"mse": 2.0, "perplexity": 7.0}, main_metric="mse")
     assert line == "run abc (vq on gmm, seed 0): diverged: loss became nan at step 3 of stage x | mse=2, perplexity=7"
     assert format_run_summary("abc", "vq", "gmm", 0, "skipped") == "run abc (vq on gmm, seed 0): skipped"
+
+
+def test_compacted_files_are_told_from_per_run_files(tmp_path):
+    from vqbench.store import is_compacted_file, per_run_ids
+
+    store = ResultStore(tmp_path)
+    compacted = [store.compacted_path("runs"), store.compacted_path("perf"), store.compacted_path("metrics", "gmm"),
+                 store.compacted_path("arrays", "gmm")]
+    per_run = [store.run_path("r1"), store.metrics_path("gmm", "r2"), store.arrays_path("gmm", "task=x"),
+               store.perf_path("p1")]
+    assert [is_compacted_file(p) for p in compacted] == [True] * 4
+    assert [is_compacted_file(p) for p in per_run] == [False] * 4
+    assert per_run_ids(compacted + per_run) == {"r1", "r2", "task=x", "p1"}
+    with pytest.raises(ValueError, match="per task"):
+        store.compacted_path("metrics")
