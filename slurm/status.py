@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,33 +190,15 @@ class _Row:
 
 
 def _read_rows(store: ResultStore, run_ids: list[str]) -> dict[str, _Row]:
-    """status, error and finish time of the stored rows of ``run_ids`` (read in parallel)."""
-    import pyarrow.parquet as pq
-
-    from vqbench.store import RUNS_SCHEMA
-
-    def read(run_id: str) -> tuple[str, _Row | None]:
-        path = store.run_path(run_id)
-        if not path.exists():
-            return run_id, None
-        try:
-            rows = pq.read_table(path, schema=RUNS_SCHEMA, columns=["status", "error", "finished_at", "tags"]
-                                 ).to_pylist()
-        except Exception:  # noqa: BLE001 - damaged: as if absent (the store warns when it loads it)
-            return run_id, None
-        if len(rows) != 1:
-            return run_id, None
-        finished = rows[0]["finished_at"]
-        suites = tuple(t.removeprefix("suite:") for t in rows[0]["tags"] or () if t.startswith("suite:"))
-        return run_id, _Row(rows[0]["status"], " ".join(str(rows[0]["error"] or "").split()),
-                            finished.timestamp() if finished is not None else float("-inf"), suites)
-
-    if len(run_ids) > 64:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            pairs = list(pool.map(read, run_ids))
-    else:
-        pairs = [read(r) for r in run_ids]
-    return {rid: row for rid, row in pairs if row is not None}
+    """status, error and finish time of the stored rows of ``run_ids`` (per-run files or a compacted store)."""
+    rows = store.run_records(run_ids, ["status", "error", "finished_at", "tags"])
+    out: dict[str, _Row] = {}
+    for run_id, row in rows.items():
+        finished = row["finished_at"]
+        suites = tuple(t.removeprefix("suite:") for t in row["tags"] or () if t.startswith("suite:"))
+        out[run_id] = _Row(row["status"], " ".join(str(row["error"] or "").split()),
+                           finished.timestamp() if finished is not None else float("-inf"), suites)
+    return out
 
 
 __all__ = ["ACTIVE", "STATES", "RunState", "SweepStatus", "produced_lines", "sweep_status"]

@@ -303,7 +303,7 @@ def test_overhead_mode_prints_a_ratio_per_task_and_method(capsys):
     at = next(i for i, line in enumerate(lines) if line.startswith("task "))
     names = [n.strip() for n in lines[at].split("  ") if n.strip()]  # (the names are separated by 2+ spaces)
     cells = dict(zip(names, lines[at + 1].split()))
-    assert len(cells) == len(names) == 11
+    assert len(cells) == len(names) == 12
     assert cells["task"] == "gmm" and cells["method"] == "vq" and cells["steps"] == "6"
     assert float(cells["bare ms/step"]) > 0 and float(cells["runner ms/step"]) > 0
     bare, runner = float(cells["bare ms/step"]), float(cells["runner ms/step"])
@@ -321,6 +321,8 @@ def test_overhead_rows_separate_training_from_evaluation(tmp_path):
     row = measure_overhead(config.spec("gmm", "vq"), torch.device("cpu"), repeats=2, warmup=0, scratch=tmp_path)
     assert row.steps == 4 and not row.error
     assert len(row.pair_overheads) == 2 and row.overhead == pytest.approx(row.runner_ms / row.bare_ms - 1)
+    assert len(row.bare_runs_ms) == len(row.runner_runs_ms) == 2
+    assert row.overhead_of_minima == pytest.approx(min(row.runner_runs_ms) / min(row.bare_runs_ms) - 1)
     assert row.eval_s > 0  # 3 evaluations, each with a validation pass, measured apart from training
     assert row.loop_ms > 0 and row.loop_ms <= row.runner_ms + 1e-9  # the runner's own loop is part of its run
     assert row.outside_s == pytest.approx(1e-3 * (row.runner_ms - row.loop_ms) * row.steps, abs=1e-3)
