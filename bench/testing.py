@@ -1,4 +1,4 @@
-"""The conformance kit: the Quantizer contract (``shared/DESIGN.md``) as runnable checks.
+"""The conformance kit: the Quantizer contract (ARCHITECTURE.md, ``vqbench.quantizer``) as runnable checks.
 
 One source of truth for the contract: built-in methods are tested with it (``tests/test_contract.py``),
 ``vqbench check method NAME`` prints it, and plugin authors call it from their own pytest::
