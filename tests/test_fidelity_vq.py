@@ -57,14 +57,20 @@ def _vq_vae_loss(breakdown) -> Tensor:
 
 
 # -- vq: taming-transformers VectorQuantizer2 ----------------------------------------------------------------------
-def test_vq_follows_taming_vector_quantizer2():
-    problem = make_problem(STEPS, N, IN_DIM, DIM)
+def _ours_and_taming(name: str, problem) -> tuple[nn.Module, TamingVectorQuantizer2]:
+    """Our ``name`` and taming's VectorQuantizer2, both starting from the same codes near the first batch."""
     codes = start_codes(problem, K)
-    ours = create_method("vq", dim=DIM, codebook_size=K)
+    ours = create_method(name, dim=DIM, codebook_size=K)
     load_state(ours, embedding=codes)
     ref = TamingVectorQuantizer2(K, DIM, BETA)
     with torch.no_grad():
         ref.embedding.weight.copy_(codes)
+    return ours, ref
+
+
+def test_vq_follows_taming_vector_quantizer2():
+    problem = make_problem(STEPS, N, IN_DIM, DIM)
+    ours, ref = _ours_and_taming("vq", problem)
     ref_side = Side(ref, lambda: ref.embedding.weight, [{"params": list(ref.parameters())}])
     compare("vq", run_steps(ours_side(ours), problem, LR), run_steps(ref_side, problem, LR), tolerance("vq"))
 
@@ -148,12 +154,7 @@ def test_vq_kmeans_random_seeding_follows_vector_quantize_pytorch_kmeans_init():
 # -- regulariser and schedule without authors' code: the stated equations ---------------------------------------
 def test_vq_entropy_follows_vq_vae_plus_the_prior_entropy_penalty():
     problem = make_problem(STEPS, N, IN_DIM, DIM)
-    codes = start_codes(problem, K)
-    ours = create_method("vq-entropy", dim=DIM, codebook_size=K)
-    load_state(ours, embedding=codes)
-    ref = TamingVectorQuantizer2(K, DIM, BETA)
-    with torch.no_grad():
-        ref.embedding.weight.copy_(codes)
+    ours, ref = _ours_and_taming("vq-entropy", problem)
 
     def forward(z: Tensor):
         z_q, indices, loss = ref(z)
