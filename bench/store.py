@@ -388,6 +388,22 @@ class ResultStore:
             return schema.empty_table().to_pandas()
         return sort_by_key(pa.concat_tables(parts), key).to_pandas()
 
+    def sweep_files(self) -> dict[str, dict[str, Any]]:
+        """sweep name -> its membership file ``sweeps/<name>.json`` (written by ``sweep run``), damaged files left
+        out with a warning. ``run_ids`` lists every run the sweep planned; ``run_tasks`` (files written since
+        membership files carry it) maps each to its task."""
+        files: dict[str, dict[str, Any]] = {}
+        for path in sorted((self.root / "sweeps").glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                name, run_ids = str(data["name"]), [str(r) for r in data["run_ids"]]
+                run_tasks = {str(k): str(v) for k, v in (data.get("run_tasks") or {}).items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                warnings.warn(f"skipping damaged sweep membership file {path}: {exc}", stacklevel=2)
+                continue
+            files[name] = {**data, "name": name, "run_ids": run_ids, "run_tasks": run_tasks}
+        return files
+
     def sweep_members(self) -> dict[str, set[str]]:
         """run_id -> names of the sweeps (suites) it belongs to, from ``sweeps/<name>.json``.
 
@@ -395,15 +411,9 @@ class ResultStore:
         membership files written by every ``sweep run`` say which suites it belongs to as well.
         """
         members: dict[str, set[str]] = {}
-        for path in sorted((self.root / "sweeps").glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-                name, run_ids = str(data["name"]), list(data["run_ids"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                warnings.warn(f"skipping damaged sweep membership file {path}: {exc}", stacklevel=2)
-                continue
-            for run_id in run_ids:
-                members.setdefault(str(run_id), set()).add(name)
+        for name, data in self.sweep_files().items():
+            for run_id in data["run_ids"]:
+                members.setdefault(run_id, set()).add(name)
         return members
 
     def load_runs(self) -> pd.DataFrame:

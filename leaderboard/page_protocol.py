@@ -31,8 +31,8 @@ from vqbench.leaderboard.tracks import TRACK_TRIAL
 from vqbench.spec import Budget
 from vqbench.tuning import SHARED_KNOBS
 
-SECTIONS = (("budgets", "Budgets"), ("seeds", "Seeds"), ("convergence", "Convergence"), ("tuning", "Tuning"),
-            ("metrics", "Metrics"), ("ranks", "Rank uncertainty"), ("cpu-scale", "CPU-scale"))
+SECTIONS = (("coverage", "Coverage"), ("budgets", "Budgets"), ("seeds", "Seeds"), ("convergence", "Convergence"),
+            ("tuning", "Tuning"), ("metrics", "Metrics"), ("ranks", "Rank uncertainty"), ("cpu-scale", "CPU-scale"))
 #: what a budget key is when a sweep does not set it (the Other column lists only the keys that differ)
 BUDGET_DEFAULTS = asdict(Budget())
 #: budget keys shown as columns (the others, when set, are listed together)
@@ -74,9 +74,44 @@ def write_protocol(site: SiteContext) -> None:
              'store this site was built from.</p>',
              '<p>Sections: ' + " \u00b7 ".join(f'<a href="{url("#" + anchor)}">{escape(title)}</a>'
                                                for anchor, title in SECTIONS) + '</p>',
-             _budgets_section(site, shown), _seeds_section(shown), _convergence_section(shown),
+             _coverage_section(site), _budgets_section(site, shown), _seeds_section(shown), _convergence_section(shown),
              _tuning_section(site), _metrics_section(site), _ranks_section(), _cpu_section(shown)]
     site.write("protocol.html", site.page("Protocol", "".join(parts), ""))
+
+
+def _coverage_section(site: SiteContext) -> str:
+    """Per suite and task: the runs its sweep file planned, and how many of them this store holds (ok / other)."""
+    text = ('<section id="coverage"><h2>Coverage</h2><p>What each suite planned (its membership file, written by '
+            '<code>vqbench sweep run</code>) against what this store holds. A planned run that is missing was not '
+            'run for this store, or its results were not kept: a suite table ranks only the runs present, so a '
+            'task with no runs here has no column, whatever the suite file says.</p>')
+    statuses = dict(zip(site.data.runs["run_id"], site.data.runs["status"])) if len(site.data.runs) else {}
+    rows, records = [], []
+    for name, plan in sorted(site.data.store.sweep_files().items()):
+        if site.data.suite_filter is not None and name != site.data.suite_filter:
+            continue
+        per_task: dict[str, list[str]] = {}
+        for run_id in plan["run_ids"]:
+            per_task.setdefault(plan["run_tasks"].get(run_id, "(task not recorded)"), []).append(run_id)
+        for task, ids in sorted(per_task.items(), key=lambda item: natural_key(item[0])):
+            ok = sum(statuses.get(i) == "ok" for i in ids)
+            other = sum(i in statuses and statuses[i] != "ok" for i in ids)
+            missing = len(ids) - ok - other
+            task_cell = site.links.task(task, "") if task in site.data.tasks else escape(task)
+            state = "complete" if ok == len(ids) else ("not run here" if ok + other == 0 else "partial")
+            rows.append(f'<tr><td>{escape(name)}</td><td>{task_cell}</td><td class="num">{len(ids)}</td>'
+                        f'<td class="num">{ok}</td><td class="num">{other}</td><td class="num">{missing}</td>'
+                        f'<td>{escape(state)}</td></tr>')
+            records.append({"suite": name, "task": task, "planned": len(ids), "ok": ok, "not_ok": other,
+                            "missing": missing, "state": state})
+    if not rows:
+        return text + '<p>No membership files in this store (runs made outside a sweep).</p></section>'
+    download = site.tables.add("protocol-coverage", "Planned and present runs, per suite and task",
+                               "protocol.html#coverage", pd.DataFrame(records), "")
+    return (text + '<div class="scroll"><table class="sortable" id="coverage-table"><thead><tr><th>Suite</th>'
+            '<th>Task</th><th class="num" data-type="num">Planned</th><th class="num" data-type="num">ok</th>'
+            '<th class="num" data-type="num">Not ok</th><th class="num" data-type="num">Missing</th><th>State</th>'
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{download}</section>')
 
 
 def _budgets_section(site: SiteContext, runs: pd.DataFrame) -> str:

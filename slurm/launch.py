@@ -112,7 +112,9 @@ def write_membership(sweep: Sweep, results: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
             "file": str(sweep.path) if sweep.path else None, "tag": sweep.suite_tag,
-            "run_ids": sweep.run_ids(), "written_at": datetime.now(timezone.utc).isoformat()}
+            "run_ids": sweep.run_ids(),
+            "run_tasks": {spec.run_id: spec.task for spec in sweep.specs()},
+            "written_at": datetime.now(timezone.utc).isoformat()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)

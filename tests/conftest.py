@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+#: fixtures of the browser suites (a headless Chromium driver), defined next to their helpers
+pytest_plugins = ["browser_helpers"]
+
 TINY_GMM = {"n_train": 512, "n_eval": 256, "n_modes": 8, "hidden": 32, "codebook_size": 32}
 TINY_BUDGET = {"steps": 24, "batch_size": 64, "eval_interval": 8}
 

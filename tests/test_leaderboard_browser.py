@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
 import pytest
+from browser_helpers import severe_console
 from fixtures.synthetic_store import HOSTILE, HOSTILE_METRIC, HOSTILE_SUITE, HOSTILE_TASK, TUNING, TUNING_METHODS
 from test_leaderboard_helpers import expected_configs, parse_page, store_table, suites, synthetic_site, tuned_site
 
@@ -30,43 +30,9 @@ from vqbench.leaderboard.data import slug
 
 pytestmark = pytest.mark.browser
 
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000")
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     return synthetic_site(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        pytest.fail("Chromium is not installed: the leaderboard browser tests need Debian's chromium and "
-                    "chromium-driver (apt-get update && apt-get install -y chromium chromium-driver); "
-                    ".ci/run installs them")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is not installed: pip install -e '.[dev]' (or pip install selenium)")
-    profile = tempfile.mkdtemp(prefix="vqbench-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in HEADLESS_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(chromedriver), options=options)
-    drv.set_page_load_timeout(60)
-    try:
-        yield drv
-    finally:
-        drv.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +83,6 @@ def _no_alert(driver) -> None:
     text = alert.text
     alert.dismiss()
     pytest.fail(f"a script from the store ran: alert({text!r})")
-
-
-def _severe_console(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def _values(driver, table: str, col: int) -> list[float | None]:
@@ -267,7 +229,7 @@ def test_real_clicks_navigate(driver, root, synthetic):
     link = driver.find_element(*_by("#methods-table tbody tr td:first-child a"))
     name = link.text
     link.click()
-    assert driver.find_element(*_by("h1")).text == f"Method: {name}" and not _severe_console(driver)
+    assert driver.find_element(*_by("h1")).text == f"Method: {name}" and not severe_console(driver)
     driver.back()
     driver.find_element(*_by("#suite-collapse-v1-table thead th a")).click()
     assert driver.find_element(*_by("h1")).text.startswith("Task: gmm-")
@@ -283,7 +245,7 @@ def test_real_clicks_navigate(driver, root, synthetic):
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 4
     driver.find_element(*_by("header.top a[href$='downloads.html']")).click()
     assert len(driver.find_elements(*_by("#downloads-table tbody tr"))) > 10
-    assert not _severe_console(driver)
+    assert not severe_console(driver)
 
 
 def test_every_link_of_the_main_pages_answers_over_http(http_root, synthetic):
@@ -327,7 +289,7 @@ def test_index_shows_collapse_next_to_quality_and_links_the_protocol(driver, roo
     section = driver.find_element(*_by("#convergence"))
     assert "less than 1% (relative)" in section.text and "validation split" in section.text
     assert len(driver.find_elements(*_by("#budgets-table tbody tr"))) >= 3
-    assert not _severe_console(driver)
+    assert not severe_console(driver)
 
 
 # -- the XSS case, in the browser ----------------------------------------------------------------------------
@@ -356,7 +318,7 @@ def test_hostile_strings_render_as_text(driver, root, synthetic):
             "return Array.from(document.querySelectorAll('*')).some(el => Array.from(el.attributes)"
             ".some(a => a.name.startsWith('on')))"), page
         _no_alert(driver)
-    assert not _severe_console(driver)
+    assert not severe_console(driver)
 
 
 # -- equal tuning budgets ------------------------------------------------------------------------------------
@@ -377,7 +339,7 @@ def test_tuned_table_marks_ties_and_links_to_the_trials(driver, tmp_path_factory
     assert "selected" in listing.text and listing.is_displayed()
     chart = driver.find_element(*_by("section[id^='tuning-'] svg.chart"))
     assert len(chart.find_elements(*_by("circle"))) > len(TUNING_METHODS)
-    assert not _severe_console(driver)
+    assert not severe_console(driver)
 
 
 # -- screenshots -------------------------------------------------------------------------------------------

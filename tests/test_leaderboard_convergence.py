@@ -288,3 +288,25 @@ def test_protocol_page_of_an_empty_store(tmp_path):
     text = (tmp_path / "site" / "protocol.html").read_text()
     assert "No runs yet." in text and "No tuning on this board yet" in text
     assert not crawl(tmp_path / "site")[1]
+
+
+def test_protocol_coverage_counts_planned_runs_per_suite_and_task(synthetic, tmp_path):
+    """The Coverage table: a suite's membership file against the store (ok, not ok, missing), per task."""
+    results, _, _ = synthetic
+    runs = ResultStore(results).load_runs()
+    gmm = runs[(runs["task"] == "gmm") & (runs["status"] == "ok")].head(3)
+    failed = runs[(runs["task"] == "gmm") & (runs["status"] != "ok")].head(1)
+    assert len(gmm) == 3 and len(failed) == 1
+    planned = {**dict(zip(gmm["run_id"], gmm["task"])), **dict(zip(failed["run_id"], failed["task"])),
+               "0000000000000000": "gmm", "1111111111111111": "patches", "2222222222222222": "patches"}
+    (results / "sweeps").mkdir(exist_ok=True)
+    membership = results / "sweeps" / "plan.json"
+    membership.write_text(json.dumps({"name": "plan", "run_ids": list(planned), "run_tasks": planned}))
+    try:
+        build_site(results, tmp_path / "site")
+    finally:
+        membership.unlink()
+    table = read_tables(tmp_path / "site" / "protocol.html")["coverage-table"]
+    rows = {(r["cells"][0]["text"], r["cells"][1]["text"]): [c["text"] for c in r["cells"][2:]] for r in table["rows"]}
+    assert rows[("plan", "gmm")] == ["5", "3", "1", "1", "partial"]
+    assert rows[("plan", "patches")] == ["2", "0", "0", "2", "not run here"]

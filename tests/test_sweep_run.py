@@ -51,8 +51,9 @@ def test_debug_executor_runs_in_process_and_rerun_skips(tmp_path):
     again = run_sweep(sweep, results, executor="debug", wait=True, log=lines.append)
     assert (again.submitted, again.complete) == (0, 4) and len(lines) == 4
     assert sum(len(v) for v in attempts_of(results).values()) == 8  # 4 x (start, end): nothing ran again
-    membership = (results / "sweeps" / "t.json").read_text()
-    assert all(rid in membership for rid in sweep.run_ids())
+    membership = json.loads((results / "sweeps" / "t.json").read_text())
+    assert membership["run_ids"] == sweep.run_ids()
+    assert membership["run_tasks"] == {spec.run_id: spec.task for spec in sweep.specs()}
 
 
 def test_status_counts_failed_and_diverged_with_errors(tmp_path, monkeypatch):
