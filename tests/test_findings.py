@@ -102,14 +102,18 @@ def _tokens_store(root, kmeans_low: float = 0.92):
 
 
 def test_caption_sentences_come_from_the_data(tmp_path):
-    from vqbench.commands.findings import caption_sentences
+    from vqbench.commands.findings import caption_sentences, claim_sentences
 
     _tokens_store(tmp_path)
     finding = FINDINGS["tokens-collapse"]
     folder = draw_finding(tmp_path, "tokens-collapse")
     meta = json.loads((folder / "meta.json").read_text())
     sentences = caption_sentences(finding, pd.read_csv(folder / "data.csv"))
-    assert meta["caption"] == " ".join([finding.caption, *sentences])
+    claim = claim_sentences(finding, pd.read_csv(folder / "data.csv"))
+    assert meta["caption"] == " ".join([finding.caption, *sentences, *claim])
+    assert claim == ["Against the paper (arXiv:2411.16550: restricted codebook initialisation causes tokens collapse): "
+                     "utilization at init scale 0.01 vs 1: the claim holds for 2 of 2 methods with the knob "
+                     "(vq 21% vs 80%, vq-kmeans 92% vs 95%)."]
     assert len(sentences) == 4  # the knob values, then one per panel
     assert sentences.pop(0) == ("Worst and best init scale by mean codebook utilization over the methods with that "
                                 "knob: 0.01 and 1.")
@@ -143,3 +147,23 @@ def test_no_finding_states_a_result_by_hand():
     for finding in FINDINGS.values():
         for claim in ("immune", "whatever", "never selected", "few codes can"):
             assert claim not in finding.caption, (finding.name, claim)
+
+
+def test_claim_sentence_compares_with_the_paper_from_the_data():
+    """A method shows the collapse only when its restricted-end mean is lower by more than both seed spreads."""
+    from vqbench.commands.findings import claim_sentences
+
+    rows = [("vq", 0.01, 0.2, 0.02), ("vq", 1.0, 0.9, 0.01),           # clear drop: shows the collapse
+            ("simvq", 0.01, 0.95, 0.05), ("simvq", 1.0, 1.0, 0.01),     # within the spread: resists
+            ("fsq", None, 0.7, 0.0)]                                     # no knob: not counted
+    data = pd.DataFrame([{"method": m, "x": x, "metric": "utilization", "mean": v, "std": sd, "seeds": 3}
+                         for m, x, v, sd in rows])
+    (sentence,) = claim_sentences(FINDINGS["tokens-collapse"], data)
+    assert sentence.startswith("Against the paper (arXiv:2411.16550: restricted codebook initialisation causes "
+                               "tokens collapse): utilization at init scale 0.01 vs 1")
+    assert "the claim holds for 1 of 2 methods with the knob (vq 20% vs 90%)" in sentence
+    assert "not shown, for simvq 95% vs 100%" in sentence and "fsq" not in sentence
+    offset = data.assign(x=data["x"].map({0.01: 8.0, 1.0: 0.0}))  # the offset's restricted end is its largest
+    assert "init offset 8 vs 0: the claim holds for 1 of 2" in claim_sentences(FINDINGS["tokens-collapse-offset"],
+                                                                                offset)[0]
+    assert claim_sentences(FINDINGS["tokens-collapse"], data[data["method"] == "fsq"]) == []

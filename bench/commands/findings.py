@@ -40,6 +40,9 @@ class Finding:
     fixed: tuple[tuple[str, object], ...] = ()  # (x-like key, value) every plotted run must have
     knob: str = ""  # the knob in a sentence ("init scale"); default: x_label
     headline_higher: bool = True  # whether the first panel's metric is better high (picks worst and best knob)
+    claim: str = ""  # the paper's claim this reproduction tests, as the paper states it (attributed, not ours)
+    claim_metric: str = ""  # the metric whose drop at the restricted end would support the claim
+    restricted_end: str = "min"  # which end of the knob is the restricted setting: "min" or "max"
 
 
 FINDINGS = {
@@ -52,7 +55,8 @@ FINDINGS = {
         "method.init_scale", "codebook init scale (x data std)",
         (("utilization", "codebook utilization"), ("tokens_collapse_index", "tokens-collapse index (distinct/K)"),
          ("mse", "reconstruction MSE")),
-        fixed=(("method.init_offset", 0.0),), knob="init scale"),
+        fixed=(("method.init_offset", 0.0),), knob="init scale",
+        claim="restricted codebook initialisation causes tokens collapse", claim_metric="utilization"),
     "tokens-collapse-offset": Finding(
         "tokens-collapse-offset",
         "Tokens collapse: codebook initialised away from the data",
@@ -61,7 +65,9 @@ FINDINGS = {
         "method.init_offset", "codebook init offset (x data std)",
         (("utilization", "codebook utilization"), ("tokens_collapse_index", "tokens-collapse index (distinct/K)"),
          ("mse", "reconstruction MSE")),
-        log_x=False, fixed=(("method.init_scale", 1.0),), knob="init offset"),
+        log_x=False, fixed=(("method.init_scale", 1.0),), knob="init offset",
+        claim="a codebook initialised away from the data causes tokens collapse", claim_metric="utilization",
+        restricted_end="max"),
     "embeddings-collapse": Finding(
         "embeddings-collapse",
         "Embeddings collapse: limited encoder capacity",
@@ -70,7 +76,8 @@ FINDINGS = {
         "rank / the data's own. Mean and standard deviation over seeds.",
         "task.hidden", "encoder hidden width",
         (("embedding_rank", "embedding effective rank"), ("embeddings_collapse_index", "embeddings-collapse index"),
-         ("utilization", "codebook utilization")), knob="encoder width"),
+         ("utilization", "codebook utilization")), knob="encoder width",
+        claim="limited encoder capacity causes embeddings collapse", claim_metric="embedding_rank"),
 }
 
 #: metrics written as a share of the codebook in the captions
@@ -151,7 +158,8 @@ def draw_finding(results: str | os.PathLike[str], name: str, command: str | None
     fig.tight_layout()
     fig.savefig(folder / "figure.png", dpi=110)
     plt.close(fig)
-    sentences = caption_sentences(finding, pd.read_csv(folder / "data.csv"))
+    written = pd.read_csv(folder / "data.csv")
+    sentences = caption_sentences(finding, written) + claim_sentences(finding, written)
     meta = {"title": finding.title, "caption": " ".join([finding.caption, *sentences]),
             "command": command or f"vqbench reproduce {suite}"}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -191,6 +199,43 @@ def caption_sentences(finding: Finding, data: pd.DataFrame) -> list[str]:
             text = "; ".join(clauses)
             sentences.append(text[0].upper() + text[1:] + ".")
     return sentences
+
+
+def claim_sentences(finding: Finding, data: pd.DataFrame) -> list[str]:
+    """How the runs compare with the paper's claim (arXiv:2411.16550), from ``data.csv`` alone.
+
+    For each method with the knob, the claim metric's mean at the restricted end of the knob (its smallest value,
+    or its largest for ``restricted_end="max"``) against the other end: the method **shows the collapse** when the
+    restricted mean is lower by more than the sum of the two standard deviations over seeds, and **resists** it
+    otherwise. The sentence names both groups and counts them; it never says more than that comparison.
+    """
+    if not finding.claim:
+        return []
+    part = data[(data["metric"] == finding.claim_metric) & data["x"].notna() & data["mean"].notna()]
+    if part.empty or part["x"].nunique() < 2:
+        return []
+    low, high = float(part["x"].min()), float(part["x"].max())
+    restricted, free = (low, high) if finding.restricted_end == "min" else (high, low)
+    shows, resists = [], []
+    for method, group in sorted(part.groupby("method"), key=lambda item: item[0]):
+        at = group.set_index("x")
+        if restricted not in at.index or free not in at.index:
+            continue
+        r, f = at.loc[restricted], at.loc[free]
+        drop = float(f["mean"]) - float(r["mean"])
+        value = (_share if finding.claim_metric in SHARE_METRICS else (lambda v: f"{v:.3g}"))
+        text = f"{method} {value(float(r['mean']))} vs {value(float(f['mean']))}"
+        (shows if drop > float(r["std"]) + float(f["std"]) else resists).append(text)
+    if not shows and not resists:
+        return []
+    metric = finding.claim_metric.replace("_", " ")
+    head = (f"Against the paper (arXiv:2411.16550: {finding.claim}): {metric} at {finding.knob or finding.x_label} "
+            f"{restricted:g} vs {free:g}")
+    verdict = (f"the claim holds for {len(shows)} of {len(shows) + len(resists)} methods with the knob"
+               + (f" ({', '.join(shows)})" if shows else "")
+               + (f"; lower by no more than the seeds' spread, so not shown, for {', '.join(resists)}"
+                  if resists else "") + ".")
+    return [f"{head}: {verdict}"]
 
 
 def _listing(metric: str, label: str, rows: pd.DataFrame) -> str:
