@@ -14,15 +14,19 @@ Pure tensor functions, like :mod:`vqbench.metrics`; formulas in each docstring.
   named by the same rule as the reconstruction FID: ``gfid_inception`` only with the real Inception
   weights, else ``gfd_<extractor>``. ``gfd_randcnn`` is always among them (a gFD every machine can
   compute, hence comparable across all runs); the best available extractor is added when it differs.
+* :class:`SampleClassifier`: a task's own trained classifier (e.g. ``digitsnet`` for the digits): its
+  penultimate features give one more gFD and precision/recall, and its predicted classes give
+  :func:`class_coverage` and :func:`class_kl` (mode dropping and mode imbalance of the samples).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from vqbench.image_metrics import ImageFeatures, fd_metric_name, resolve_extractor
 from vqbench.metrics import code_counts, perplexity
@@ -31,7 +35,7 @@ from vqbench.metrics import code_counts, perplexity
 DISTANCE_CHUNK_ELEMENTS = 2**24
 #: the extractor whose gFD every generation run logs
 BASE_EXTRACTOR = "randcnn"
-#: the name of that always-present gFD (the generation tasks' main metric)
+#: the name of that always-present gFD (the main metric of the generation tasks without a sample classifier)
 BASE_GFD = fd_metric_name(BASE_EXTRACTOR, "g")
 
 
@@ -54,6 +58,61 @@ def emitted_codes(tokens: Tensor, codebook_size: int) -> dict[str, float]:
     """
     counts = code_counts(tokens, codebook_size)
     return {"emitted_code_frac": float((counts > 0).double().mean()), "emitted_perplexity": perplexity(counts)}
+
+
+def class_histogram(predicted: Tensor, num_classes: int) -> Tensor:
+    """Shares ``p_c = #{i : predicted_i = c} / N`` of the predicted classes ``predicted`` (N,) in ``[0, C)``
+    (float64, sums to 1)."""
+    if predicted.numel() == 0:
+        raise ValueError("no predictions")
+    counts = torch.bincount(predicted.reshape(-1).long().cpu(), minlength=num_classes)
+    if counts.numel() > num_classes:
+        raise ValueError(f"predicted classes must be in [0, {num_classes})")
+    return counts.double() / predicted.numel()
+
+
+def class_coverage(predicted: Tensor, num_classes: int, min_share: float | None = None) -> float:
+    """Fraction of the ``C = num_classes`` classes that at least ``min_share`` of the samples are assigned to.
+
+    ``coverage = (1/C) #{c : p_c >= tau}`` with ``p`` = :func:`class_histogram` of the classifier's argmax
+    predictions and ``tau = min_share``, by default ``1 / (2 C)`` (half a uniform share: 5% for 10 classes), so a
+    class that a few stray samples land in does not count as generated. 1 when every class gets at least half
+    its fair share; ``k / C`` when the samples concentrate on ``k`` classes.
+    """
+    tau = 1.0 / (2 * num_classes) if min_share is None else min_share
+    if not 0 < tau <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {tau}")
+    return float((class_histogram(predicted, num_classes) >= tau).double().mean())
+
+
+def class_kl(predicted: Tensor, reference: Tensor, num_classes: int) -> float:
+    """``KL(p || q) = sum_c p_c ln(p_c / q_c)`` (nats, terms with ``p_c = 0`` are 0) between the predicted-class
+    histograms of the samples (``predicted``) and of the real images (``reference``): 0 when the samples spread over
+    the classes as the real images do; grows with imbalance, ``ln(1/q_c)`` when every sample is one class ``c``.
+    Infinite only if the samples have a class the real images never get.
+    """
+    p, q = class_histogram(predicted, num_classes), class_histogram(reference, num_classes)
+    support = p > 0
+    if bool((q[support] == 0).any()):
+        return math.inf
+    return float((p[support] * (p[support] / q[support]).log()).sum())
+
+
+@dataclass
+class SampleClassifier:
+    """A fixed classifier of a task's images: ``features`` (an :class:`ImageFeatures` over its penultimate layer,
+    named after it) and ``head`` (features -> ``num_classes`` logits); ``info``: figures about the classifier
+    itself (e.g. its test accuracy) that every evaluation using it logs alongside."""
+
+    features: ImageFeatures
+    head: nn.Module
+    num_classes: int
+    info: dict[str, float] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        """Argmax classes (N,) of penultimate ``features`` (N, F)."""
+        return self.head(features).argmax(dim=1)
 
 
 def _sq_distances(a: Tensor, b: Tensor) -> Tensor:

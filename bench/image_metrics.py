@@ -186,17 +186,24 @@ class ImageFeatures(nn.Module):
 
     ``extractor``: ``"inception"``, a timm model name (weights from ``$VQBENCH_FD_WEIGHTS``),
     ``"randcnn"``, or None for :func:`resolve_extractor`. ``name`` and :meth:`metric_name` say which.
+    ``net``: a ready feature network instead (a module mapping such images to ``(N, F)``, with an int
+    ``num_features``; e.g. a task's trained classifier), named ``extractor``, which must then be given.
     """
 
-    def __init__(self, extractor: str | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, extractor: str | None = None, device: torch.device | str = "cpu",
+                 net: nn.Module | None = None) -> None:
         super().__init__()
+        if net is not None and not extractor:
+            raise ValueError("a custom feature network needs an extractor name")
         self.name = extractor or resolve_extractor()
-        if self.name == "inception":
+        if net is not None:
+            self.net: nn.Module = net
+        elif self.name == "inception":
             weights = inception_weights()
             if weights is None:
                 raise UserError(f"the FID Inception needs torch-fidelity and {INCEPTION_WEIGHTS_FILE} (set "
                                 f"${INCEPTION_WEIGHTS_ENV} or put it in {_hub_checkpoint('')})")
-            self.net: nn.Module = _InceptionFeatures(weights)
+            self.net = _InceptionFeatures(weights)
         elif self.name == "randcnn":
             self.net = RandomConvFeatures()
         else:

@@ -62,6 +62,16 @@ METRIC_DEFINITIONS = (
                         "A Fr\u00e9chet distance is named after its feature extractor (<code>fid_inception</code> "
                         "only with the standard Inception weights, else <code>fd_&lt;extractor&gt;</code>), so a "
                         "column never mixes meanings."),
+    ("gfd_digitsnet", "gen-digits' main metric (since its version 3002; <code>gfd_randcnn</code> before): the "
+                      "Fr\u00e9chet distance between the generated samples and the eval images in the penultimate "
+                      "features (64) of <code>digitsnet</code>, a small digits classifier trained once, "
+                      "deterministically, on the digits training split (its test accuracy is on the task page). "
+                      "<code>precision_digitsnet</code> / <code>recall_digitsnet</code>: improved precision and "
+                      "recall (Kynk\u00e4\u00e4nniemi et al., k = 3) in the same features; "
+                      "<code>class_coverage_digitsnet</code>: the fraction of the 10 classes that the classifier "
+                      "assigns to at least 5% (half the uniform share) of the samples; "
+                      "<code>class_kl_digitsnet</code>: KL divergence of the samples' predicted-class shares from "
+                      "the eval images'."),
 )
 
 
@@ -117,8 +127,11 @@ def _coverage_section(site: SiteContext) -> str:
 def _budgets_section(site: SiteContext, runs: pd.DataFrame) -> str:
     """The budgets the runs used, per task, with the suites and devices that ran them."""
     text = ('<section id="budgets"><h2>Budgets</h2><p>Every task declares named budgets: <code>quick</code> '
-            '(CPU minutes: <code>vqbench quick</code> and the <code>quick</code> suite) and <code>paper</code> '
-            '(its GPU counterpart: <code>vqbench sweep run paper</code> submits the <code>paper</code> suite to a '
+            '(CPU minutes: <code>vqbench quick</code> and the <code>quick</code> suite; it ranks early speed, not '
+            'final quality), <code>standard</code> (the published board: the <code>standard</code> suite, each '
+            'task\'s budget chosen from measured learning curves so that runs end on their plateau; CPU-sized, '
+            'a working day on 2 cores for the whole suite) and <code>paper</code> '
+            '(the GPU counterpart: <code>vqbench sweep run paper</code> submits the <code>paper</code> suite to a '
             'Slurm GPU cluster; <code>--executor local</code> runs it on one machine). A run stores its budget in '
             'full (steps, batch size, learning rate, eval interval, warm-up ...), not its name: the table lists '
             'the budgets of the runs on this board, per task, with the suites that used each (<b>Other</b>: the '
@@ -306,10 +319,11 @@ def _cpu_section(runs: pd.DataFrame) -> str:
     kinds = pd.Series([_device_kind(d) for d in runs["device"]], dtype=object).value_counts().to_dict() \
         if len(runs) else {}
     tally = ", ".join(f"{n} on {escape(kind)}" for kind, n in sorted(kinds.items()) if kind)
-    return ('<section id="cpu-scale"><h2>CPU-scale</h2><p>The <code>quick</code> budgets are sized so that a '
-            'run finishes in minutes on a laptop CPU: small models (MLP autoencoders, small convolutional '
-            'networks), small data (Gaussian mixtures, curved manifolds, 8\u00d78 digits, photo patches), a few '
-            'hundred steps. At that scale a table ranks methods under the same small budget; its numbers are not '
+    return ('<section id="cpu-scale"><h2>CPU-scale</h2><p>The <code>quick</code> and <code>standard</code> '
+            'budgets are sized so that a run finishes in seconds to minutes on a laptop CPU: small models (MLP '
+            'autoencoders, small convolutional networks), small data (Gaussian mixtures, curved manifolds, '
+            '8\u00d78 digits, photo patches), a few '
+            'thousand steps. At that scale a table ranks methods under the same small budget; its numbers are not '
             'comparable with papers\' ImageNet numbers, and a method whose benefit needs long training or large '
             'codebooks can rank differently at the <code>paper</code> budget, which runs the same tasks and larger '
             'ones on GPUs. The budgets table above says which budget each run used.</p>'

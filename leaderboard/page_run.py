@@ -27,6 +27,7 @@ from vqbench.leaderboard.convergence import from_row, run_badge
 from vqbench.leaderboard.data import TaskInfo, metric_direction, parse_json, slug, tag_list
 from vqbench.leaderboard.html import direction_arrow, escape, format_number, is_finite, url
 from vqbench.leaderboard.load import read_run_arrays
+from vqbench.leaderboard.page_task import RECIPE_HEX_DIGITS, RECIPE_SUFFIX
 from vqbench.leaderboard.reproduce import reproduce_command
 from vqbench.leaderboard.tracks import trials_anchor
 from vqbench.tuning import trial_index
@@ -207,13 +208,20 @@ def _final_metrics(task: TaskInfo, run: dict[str, Any], metric_columns: list[str
         return '<h2>Final metrics</h2><p>No eval step was recorded.</p>'
     step_note = f" (step {int(last_step)})" if last_step is not None and is_finite(last_step) else ""
     rows = "".join(f'<tr><td>{escape(name)} {direction_arrow(_direction(task, name))}</td>'
-                   f'<td class="num">{format_number(value)}</td></tr>' for name, value in finals)
+                   f'<td class="num">{_value_text(name, value)}</td></tr>' for name, value in finals)
     unfinished = "; this run did not finish, so they are not in any mean" if run["status"] != "ok" else ""
     convergence = from_row(run).describe(task.main_metric or "the main metric")
     return (f'<h2>Final metrics{escape(step_note)}</h2><p class="note">Values at the run\'s last eval step'
             f'{unfinished}.</p><p class="note convergence">Convergence (<a href="{ROOT}protocol.html#convergence">'
             f'rule</a>): {escape(convergence)}.</p><table><thead><tr><th>Metric</th><th>Value</th></tr></thead>'
             f'<tbody>{rows}</tbody></table>')
+
+
+def _value_text(name: str, value: float) -> str:
+    """A final metric's cell: a classifier's recipe hash in hex (the integer it is logged as), else the number."""
+    if name.endswith(RECIPE_SUFFIX):
+        return f'<code>{int(value):0{RECIPE_HEX_DIGITS}x}</code>'
+    return format_number(value)
 
 
 def _charts(task: TaskInfo, curves: Curves, arrays: dict[str, Any]) -> list[str]:

@@ -1,8 +1,15 @@
-"""``tasks/<task>.html``: every config of one task with mean +/- 95% CI over seeds, and a Pareto plot."""
+"""``tasks/<task>.html``: every config of one task with mean +/- 95% CI over seeds, and a Pareto plot.
+
+A task whose generation metrics use a trained classifier's features (``gfd_<x>`` with ``<x>_test_accuracy`` and
+``<x>_recipe_hash`` logged by every evaluation, e.g. ``digitsnet`` of ``gen-digits``) says which classifier that
+was, from those metric rows: :func:`classifier_note`. Those two figures describe the classifier, not the method, so
+they are stated there and left out of the table.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -16,6 +23,40 @@ from vqbench.leaderboard.page_tuning import tuning_sections
 from vqbench.leaderboard.tracks import TRACK_TRIAL
 
 ROOT = "../"
+ACCURACY_SUFFIX, RECIPE_SUFFIX = "_test_accuracy", "_recipe_hash"
+#: hex digits of a classifier's recipe hash (logged as the integer it spells; vqbench.tasks.digitsnet.HASH_DIGITS)
+RECIPE_HEX_DIGITS = 12
+
+
+def task_classifiers(metrics: list[str]) -> list[str]:
+    """The classifiers ``x`` behind a task's metrics: ``gfd_x`` and ``x_test_accuracy`` both logged."""
+    names = [m[len("gfd_"):] for m in metrics if m.startswith("gfd_")]
+    return [name for name in names if f"{name}{ACCURACY_SUFFIX}" in metrics]
+
+
+def classifier_note(runs: pd.DataFrame, task: str, classifier: str) -> str:
+    """One sentence (HTML) stating ``classifier``'s test accuracy and recipe hash, from the final metric rows of
+    ``task``'s ok runs (``runs``: :attr:`SiteData.runs`); one entry per distinct classifier, so a task variant
+    with another data split (hence another classifier) shows both. Empty when no ok run logged them."""
+    accuracy_col, recipe_col = f"metric.{classifier}{ACCURACY_SUFFIX}", f"metric.{classifier}{RECIPE_SUFFIX}"
+    if accuracy_col not in runs.columns:
+        return ""
+    rows = runs[(runs["task"] == task) & (runs["status"] == "ok") & runs[accuracy_col].notna()]
+    recipes = rows[recipe_col] if recipe_col in rows.columns else pd.Series(np.nan, index=rows.index)
+    seen: dict[tuple[str, float], int] = {}
+    for accuracy, recipe in zip(rows[accuracy_col].to_numpy(dtype=float), recipes.to_numpy(dtype=float)):
+        recipe_hex = f"{int(recipe):0{RECIPE_HEX_DIGITS}x}" if math.isfinite(recipe) else ""
+        key = (recipe_hex, float(accuracy))
+        seen[key] = seen.get(key, 0) + 1
+    if not seen:
+        return ""
+    parts = [f"{100 * accuracy:.1f}%" + (f" (recipe hash <code>{escape(recipe_hex)}</code>, " if recipe_hex else " (")
+             + f"{n} run{'s' if n > 1 else ''})" for (recipe_hex, accuracy), n in sorted(seen.items())]
+    name = escape(classifier)
+    return (f'<p class="note">Features of gfd_{name} and of the other <code>*_{name}</code> figures: the classifier '
+            f'<code>{name}</code>, trained once on the training split of this task\'s data; its test accuracy on the '
+            f'eval split: {"; ".join(parts)}. Its weights are cached as <code>&lt;recipe hash&gt;.pt</code> under '
+            f'<code>$VQBENCH_CACHE/{name}</code> (default <code>~/.cache/vqbench/{name}</code>).</p>')
 
 
 def write_task_page(site: SiteContext, name: str) -> None:
@@ -24,7 +65,9 @@ def write_task_page(site: SiteContext, name: str) -> None:
     task = data.tasks[name]
     configs = data.configs[(data.configs["task"] == name) & (data.configs["track"] != TRACK_TRIAL)]
     keys = list(configs.index)
-    metrics = task.metrics
+    classifiers = task_classifiers(task.metrics)
+    described = {f"{c}{suffix}" for c in classifiers for suffix in (ACCURACY_SUFFIX, RECIPE_SUFFIX)}
+    metrics = [m for m in task.metrics if m not in described]  # stated in the classifier note instead
     means = data.mean.reindex(index=keys, columns=metrics).to_numpy(dtype=float)
     cis = data.ci.reindex(index=keys, columns=metrics).to_numpy(dtype=float)
     seed_counts = data.n.reindex(index=keys, columns=metrics).fillna(0).to_numpy(dtype=int)
@@ -96,6 +139,7 @@ def write_task_page(site: SiteContext, name: str) -> None:
              f'<dt>Source</dt><dd>{escape(task.source)}</dd>'
              f'<dt>Runs</dt><dd>{task.n_runs} in {len(keys)} configurations, {len(task.variants)} variant(s)</dd>'
              '</dl>']
+    parts += [classifier_note(data.runs, name, c) for c in classifiers]
     if multi_variant:
         parts.append(_variants_table(site, task.variants))
     if points:

@@ -29,10 +29,16 @@ Evaluation of the prior (whole eval split):
   ``emitted_code_frac`` (codes the prior emits / K, K the method's real codebook size, also reported as
   ``codebook_size``) and ``emitted_perplexity``;
 * Frechet distance of the samples to the eval images (gFID), by :mod:`vqbench.image_metrics`'s naming
-  rule with prefix ``g``: ``gfd_randcnn`` always (the main metric: it exists everywhere), and
-  ``gfid_inception`` (or ``gfd_<timm model>``) too when that extractor is available;
+  rule with prefix ``g``: ``gfd_randcnn`` always (it exists everywhere: the main metric unless the task has a
+  classifier), and ``gfid_inception`` (or ``gfd_<timm model>``) too when that extractor is available;
 * ``precision_<extractor>`` / ``recall_<extractor>``: Kynkaanniemi et al. (arXiv:1904.06991) with
-  ``pr_k``-NN manifolds in the best available extractor's features (Inception if present).
+  ``pr_k``-NN manifolds in the best available extractor's features (Inception if present);
+* with a sample classifier (:class:`vqbench.gen_metrics.SampleClassifier`; ``gen-digits``: ``digitsnet``, a
+  digits classifier trained once, :mod:`vqbench.tasks.digitsnet`): ``gfd_<classifier>`` (``gen-digits``' main
+  metric), ``precision_<classifier>`` / ``recall_<classifier>`` in its penultimate features,
+  ``class_coverage_<classifier>`` (:func:`vqbench.gen_metrics.class_coverage` of its predicted classes),
+  ``class_kl_<classifier>`` (:func:`vqbench.gen_metrics.class_kl`, samples vs the split's images) and the
+  classifier's own figures (its test accuracy and recipe hash).
 
 When the tokenizer was reused, every prior evaluation also carries the tokenizer's own evaluation
 (reconstruction quality and collapse metrics), so a generation run's rows are complete either way.
@@ -43,10 +49,13 @@ Frechet distances' cross-rank sync off), so every rank holds the single-process 
 evaluation is split over ranks like the reconstruction task's.
 
 Parameters: all of the reconstruction task's (same names and defaults) plus the ``prior_*`` and
-sampling parameters below. Version: ``1000 * GEN_VERSION + <reconstruction task version>``, so a
-new tokenizer recipe also gives new generation ids. ``GEN_VERSION`` 2: the prior's vocabulary and the emitted-code
-figures use the method's real codebook size (version 1 used the task's, so a method with fewer codes was capped
-below 1 and a sampled id past its K decoded by wrap-around).
+sampling parameters below. Version: ``1000 * (GEN_VERSION + revision) + <reconstruction task version>``, so a
+new tokenizer recipe also gives new generation ids; ``revision`` counts the changes of one generation task's own
+evaluation (its ``register_generation(revision=)``; any bump of the three makes the number grow, so a task's
+versions never repeat, as long as reconstruction versions stay below 1000). ``GEN_VERSION`` 2: the prior's
+vocabulary and the emitted-code figures use the method's real codebook size (version 1 used the task's, so a
+method with fewer codes was capped below 1 and a sampled id past its K decoded by wrap-around). Revisions:
+``gen-digits`` 1: the digitsnet metrics, with ``gfd_digitsnet`` as main metric (was ``gfd_randcnn``).
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +71,22 @@ import torch
 from torch import Tensor, nn
 
 import vqbench.tasks.images  # noqa: F401  (registers the reconstruction tasks the gen-* tasks wrap)
-from vqbench.gen_metrics import BASE_GFD, cross_entropy_bits, emitted_codes, generative_extractors, precision_recall
-from vqbench.image_metrics import FrechetDistance
+from vqbench.gen_metrics import (
+    BASE_GFD,
+    SampleClassifier,
+    class_coverage,
+    class_kl,
+    cross_entropy_bits,
+    emitted_codes,
+    generative_extractors,
+    precision_recall,
+)
+from vqbench.image_metrics import FrechetDistance, ImageFeatures
 from vqbench.metrics import Evaluation, code_counts
 from vqbench.registry import TASKS, register_task
 from vqbench.spec import RunSpec
 from vqbench.store import ResultStore
+from vqbench.tasks import digitsnet
 from vqbench.tasks.base import EpochSampler, Stage, Task
 from vqbench.tasks.image_data import iterate, to_model, to_unit
 from vqbench.tasks.prior import TokenPrior
@@ -81,6 +100,8 @@ MAX_LOGITS = 2**27
 PRIOR_DEFAULTS: dict[str, Any] = dict(
     prior_dim=256, prior_layers=4, prior_heads=4, prior_dropout=0.0, prior_steps=None, prior_lr=None,
     prior_batch_size=None, n_samples=None, sample_batch_size=256, temperature=1.0, top_k=None, pr_k=3)
+#: builds a task's sample classifier from its reconstruction task, on a device
+ClassifierFactory = Callable[[Task, torch.device], SampleClassifier]
 
 
 @contextlib.contextmanager
@@ -100,7 +121,8 @@ class GenerationTask(Task):
     def __init__(self, recon_task: str, *, prior_dim: int, prior_layers: int, prior_heads: int,
                  prior_dropout: float, prior_steps: int | None, prior_lr: float | None,
                  prior_batch_size: int | None, n_samples: int | None, sample_batch_size: int,
-                 temperature: float, top_k: int | None, pr_k: int, **recon_params: Any) -> None:
+                 temperature: float, top_k: int | None, pr_k: int, classifier: ClassifierFactory | None = None,
+                 **recon_params: Any) -> None:
         if prior_dim % prior_heads:
             raise ValueError(f"prior_dim {prior_dim} must be divisible by prior_heads {prior_heads}")
         for name, value in (("prior_steps", prior_steps), ("prior_batch_size", prior_batch_size),
@@ -121,6 +143,7 @@ class GenerationTask(Task):
         self.prior_dropout, self.prior_steps, self.prior_lr = prior_dropout, prior_steps, prior_lr
         self.prior_batch_size, self.n_samples, self.sample_batch_size = prior_batch_size, n_samples, sample_batch_size
         self.temperature, self.top_k, self.pr_k = temperature, top_k, pr_k
+        self.classifier_factory = classifier
         self.reused_tokenizer: dict[str, Tensor] | None = None  # state dict of a finished recon run's model
         self.reused_run_id: str | None = None
 
@@ -133,6 +156,7 @@ class GenerationTask(Task):
         self._tokens: dict[str, Tensor] = {}
         self._tokenizer_eval: dict[str, Evaluation] = {}
         self._real: dict[str, dict[str, Any]] = {}
+        self._classifier: SampleClassifier | None = None
 
     def recon_spec(self) -> RunSpec | None:
         """The spec of the reconstruction run whose tokenizer this run can reuse (None outside the runner)."""
@@ -222,22 +246,34 @@ class GenerationTask(Task):
         return self._tokens[split]
 
     # -- evaluation --------------------------------------------------------------------------------------
+    def sample_classifier(self) -> SampleClassifier | None:
+        """The task's sample classifier (built once, on the first evaluation), or None without one."""
+        if self.classifier_factory is not None and self._classifier is None:
+            self._classifier = self.classifier_factory(self.recon, self.device)
+        return self._classifier
+
     @torch.no_grad()
     def _real_statistics(self, split: str = "eval") -> dict[str, Any]:
-        """Frechet-distance objects holding ``split``'s image statistics, and their P/R features (once a split)."""
+        """Frechet-distance objects holding ``split``'s image statistics, and the feature networks whose outputs
+        precision/recall use with those outputs on ``split``'s images (once a split)."""
         if split not in self._real:
             extractors, pr_features = generative_extractors(self.recon.fd, self.device)
+            watched = [pr_features]  # the networks whose features precision/recall use
+            classifier = self.sample_classifier()
+            if classifier is not None:
+                extractors, watched = [*extractors, classifier.features], [*watched, classifier.features]
             distances = [FrechetDistance(f, prefix="g") for f in extractors]
             for fd in distances:  # every rank computes the whole evaluation: summing states over ranks would
                 fd.metric.sync_on_compute = fd.metric._to_sync = False  # count each image once per rank
-            with captured_outputs(pr_features) as feats:
+            with contextlib.ExitStack() as stack:
+                feats = [stack.enter_context(captured_outputs(net)) for net in watched]
                 for images in self.recon.eval_batches(self.sample_batch_size, split=split):
                     x01 = to_unit(to_model(images))
                     for fd in distances:
                         fd.update(x01, real=True)
             for fd in distances:
                 fd.finish_real()
-            self._real[split] = {"fd": distances, "pr_features": pr_features, "features": torch.cat(feats)}
+            self._real[split] = {"fd": distances, "watched": watched, "features": [torch.cat(f) for f in feats]}
         return self._real[split]
 
     @torch.no_grad()
@@ -248,6 +284,20 @@ class GenerationTask(Task):
             seq = self.prior.sample(n, temperature=self.temperature, top_k=self.top_k, generator=generator,
                                     device=self.device)
         return seq.reshape(n, h, w)
+
+    def _feature_metrics(self, net: ImageFeatures, real: Tensor, fake: Tensor) -> dict[str, float]:
+        """Precision/recall of ``fake`` vs ``real`` features of ``net``, and, when ``net`` is the sample
+        classifier's, the class coverage and class KL of the samples (named ``<figure>_<extractor>``)."""
+        suffix = net.metric_name().split("_", 1)[1]  # inception | randcnn | <timm model> | <classifier>
+        pr = precision_recall(real.to(self.device), fake.to(self.device), self.pr_k)
+        out = {f"precision_{suffix}": pr["precision"], f"recall_{suffix}": pr["recall"]}
+        classifier = self._classifier
+        if classifier is not None and net is classifier.features:
+            predicted = classifier.predict(fake.to(self.device))
+            out[f"class_coverage_{suffix}"] = class_coverage(predicted, classifier.num_classes)
+            out[f"class_kl_{suffix}"] = class_kl(predicted, classifier.predict(real.to(self.device)),
+                                                 classifier.num_classes)
+        return out
 
     @torch.no_grad()
     def evaluate_prior(self, split: str = "eval") -> Evaluation:
@@ -270,7 +320,8 @@ class GenerationTask(Task):
         n = self.n_samples or len(self.recon.split_data(split))
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         samples: list[Tensor] = []
-        with captured_outputs(real["pr_features"]) as fake_features:  # the features the gFD computes
+        with contextlib.ExitStack() as stack:  # the features the gFDs compute
+            fake_features = [stack.enter_context(captured_outputs(net)) for net in real["watched"]]
             for start in range(0, n, self.sample_batch_size):
                 tokens = self.sample(min(self.sample_batch_size, n - start), generator)
                 x01 = to_unit(tokenizer.decode_tokens(tokens).float())
@@ -279,14 +330,15 @@ class GenerationTask(Task):
                 samples.append(tokens.cpu())
         for fd in real["fd"]:
             ev.metrics[fd.name] = fd.compute()
-        suffix = real["pr_features"].metric_name().split("_", 1)[1]  # inception | randcnn | <timm model>
-        pr = precision_recall(real["features"].to(self.device), torch.cat(fake_features).to(self.device), self.pr_k)
-        ev.metrics[f"precision_{suffix}"], ev.metrics[f"recall_{suffix}"] = pr["precision"], pr["recall"]
+        for net, real_feats, fake_feats in zip(real["watched"], real["features"], fake_features):
+            ev.metrics.update(self._feature_metrics(net, real_feats, torch.cat(fake_feats)))
         samples_t = torch.cat(samples)
         ev.metrics.update(emitted_codes(samples_t, k))
         ev.metrics["codebook_size"] = float(k)
         counts = code_counts(samples_t, k)
         ev.arrays["emitted_histogram"] = counts.sort(descending=True).values.tolist()
+        if self._classifier is not None:
+            ev.metrics.update(self._classifier.info)
         if self.reused_tokenizer is not None:
             if split not in self._tokenizer_eval:  # frozen: one evaluation serves every prior evaluation
                 self._tokenizer_eval[split] = self.recon.evaluate_model(tokenizer, split)
@@ -295,11 +347,15 @@ class GenerationTask(Task):
 
 
 # -- registration ----------------------------------------------------------------------------------
-def register_generation(name: str, recon_task: str, *, description: str, offline: bool, **prior: Any) -> None:
+def register_generation(name: str, recon_task: str, *, description: str, offline: bool, revision: int = 0,
+                        classifier: ClassifierFactory | None = None, main_metric: str = BASE_GFD,
+                        **prior: Any) -> None:
     """Register ``name``: the reconstruction task ``recon_task`` + a prior (defaults overridden by ``prior``).
 
     The entry's parameters are the reconstruction task's (its registered defaults) plus
     :data:`PRIOR_DEFAULTS`, spelled out in the builder's signature so that unknown keys fail at spec time.
+    ``revision``: this task's own evaluation changes (see the module doc's version rule); ``classifier``: builds
+    the task's :class:`SampleClassifier` (its metrics are logged; ``main_metric`` may then be one of them).
     """
     recon = TASKS.get(recon_task)
     unknown = sorted(set(prior) - set(PRIOR_DEFAULTS))
@@ -308,20 +364,29 @@ def register_generation(name: str, recon_task: str, *, description: str, offline
     defaults = {**recon.defaults, **PRIOR_DEFAULTS, **prior}
 
     def build(**params: Any) -> GenerationTask:
-        return GenerationTask(recon_task, **params)
+        return GenerationTask(recon_task, classifier=classifier, **params)
 
     build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in defaults.items()])
     build.__qualname__ = f"GenerationTask[{recon_task}]"
-    register_task(name, version=1000 * GEN_VERSION + recon.version, kind="generation", paper="2012.09841",
-                  family="generation", main_metric=BASE_GFD,
+    if revision < 0 or recon.version >= 1000:
+        raise ValueError(f"{name}: revision must be >= 0 and {recon_task}'s version < 1000")
+    register_task(name, version=1000 * (GEN_VERSION + revision) + recon.version, kind="generation",
+                  paper="2012.09841", family="generation", main_metric=main_metric,
                   higher_is_better=False, budgets=recon.budgets, offline=offline, description=description,
                   **defaults)(build)
 
 
+def digits_classifier(recon: Task, device: torch.device) -> SampleClassifier:
+    """``gen-digits``' sample classifier: the digitsnet of ``recon``'s split (:mod:`vqbench.tasks.digitsnet`)."""
+    return digitsnet.sample_classifier(recon.n_eval, recon.split_seed, device)
+
+
 register_generation(
-    "gen-digits", "digits", offline=True,
-    description="Tokenize scikit-learn's 8x8 digits (4x4 tokens), then fit a small GPT prior and sample",
+    "gen-digits", "digits", offline=True, revision=1, classifier=digits_classifier,
+    main_metric=digitsnet.DIGITSNET_GFD,
+    description="Tokenize scikit-learn's 8x8 digits (4x4 tokens), then fit a small GPT prior and sample "
+                "(gFD in the features of a digits classifier)",
     prior_dim=64, prior_layers=2, prior_heads=4, prior_lr=1e-3)
 register_generation(
     "gen-cifar10", "cifar10", offline=False,

@@ -12,6 +12,20 @@ TINY_GMM = {"n_train": 512, "n_eval": 256, "n_modes": 8, "hidden": 32, "codebook
 TINY_BUDGET = {"steps": 24, "batch_size": 64, "eval_interval": 8}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches the tests fill (the digits classifier of gen-digits) go to a temporary folder, not ~/.cache."""
+    import os
+
+    previous = os.environ.get("VQBENCH_CACHE")
+    os.environ["VQBENCH_CACHE"] = str(tmp_path_factory.mktemp("vqbench-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VQBENCH_CACHE", None)
+    else:
+        os.environ["VQBENCH_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tests share 2 cores; one intra-op thread keeps timings stable and results identical."""

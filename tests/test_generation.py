@@ -13,6 +13,16 @@ from vqbench.gen_metrics import cross_entropy_bits, emitted_codes, knn_radii, ma
 from vqbench.tasks.prior import TokenPrior, sample_logits
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_classifier_cache(tmp_path_factory):
+    """gen-digits trains its digits classifier once into $VQBENCH_CACHE: a folder of this module's, not ~/.cache."""
+    from vqbench.tasks import digitsnet
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(digitsnet.CACHE_ENV, str(tmp_path_factory.mktemp("vqbench_cache")))
+        yield
+
+
 def tiny_prior(vocab: int = 11, seq_len: int = 6, **kw) -> TokenPrior:
     torch.manual_seed(0)
     return TokenPrior(vocab, seq_len, dim=16, layers=2, heads=2, **kw)
@@ -196,7 +206,8 @@ TOY_PRIOR = {"prior_dim": 16, "prior_layers": 1, "prior_heads": 2, "prior_steps"
              "n_samples": 40, "sample_batch_size": 32}
 TOY_BUDGET = {"steps": 6, "batch_size": 32, "eval_interval": 6}
 PRIOR_METRICS = ("nll_bits_per_token", "gfd_randcnn", "precision_randcnn", "recall_randcnn", "emitted_code_frac",
-                 "emitted_perplexity")
+                 "emitted_perplexity", "gfd_digitsnet", "precision_digitsnet", "recall_digitsnet",
+                 "class_coverage_digitsnet", "class_kl_digitsnet", "digitsnet_test_accuracy", "digitsnet_recipe_hash")
 TOKENIZER_METRICS = ("psnr", "ssim", "mse", "utilization", "perplexity", "dead_codes", "codebook_rank")
 
 
@@ -220,13 +231,14 @@ def test_gen_tasks_are_registered_with_the_reconstruction_params():
     from vqbench.tasks.generation import GEN_VERSION
 
     gen, recon = TASKS.get("gen-digits"), TASKS.get("digits")
-    assert gen.kind == "generation" and gen.offline and gen.main_metric == "gfd_randcnn" and not gen.higher_is_better
-    assert gen.version == 1000 * GEN_VERSION + recon.version and gen.budgets == recon.budgets
+    assert gen.kind == "generation" and gen.offline and gen.main_metric == "gfd_digitsnet" and not gen.higher_is_better
+    # revision 1 (the digitsnet metrics): only gen-digits' version moved
+    assert gen.version == 1000 * (GEN_VERSION + 1) + recon.version == 3002 and gen.budgets == recon.budgets
     assert {k: gen.defaults[k] for k in recon.defaults} == recon.defaults
     assert {"prior_dim", "prior_steps", "n_samples", "temperature", "top_k", "pr_k"} <= set(gen.defaults)
     for name, data in (("gen-cifar10", "cifar10"), ("gen-imagenet128", "imagenet128")):
         entry = TASKS.get(name)
-        assert entry.kind == "generation" and not entry.offline
+        assert entry.kind == "generation" and not entry.offline and entry.main_metric == "gfd_randcnn"
         assert entry.version == 1000 * GEN_VERSION + TASKS.get(data).version
     with pytest.raises(UserError, match="prior_dim"):
         make_spec("gen-digits", "vq", {"prior_dimm": 8})
@@ -330,6 +342,11 @@ def test_generation_end_to_end_and_reuse_of_a_finished_tokenizer(tmp_path):
     for name in PRIOR_METRICS + TOKENIZER_METRICS:
         assert math.isfinite(full.final[name]), name
     assert 0 <= full.final["precision_randcnn"] <= 1 and 0 <= full.final["recall_randcnn"] <= 1
+    assert 0 <= full.final["precision_digitsnet"] <= 1 and 0 <= full.final["recall_digitsnet"] <= 1
+    assert full.final["class_coverage_digitsnet"] in {c / 10 for c in range(11)} and full.final["gfd_digitsnet"] > 0
+    assert full.final["digitsnet_test_accuracy"] >= 0.95  # the classifier of this split (n_eval=100)
+    assert row.main_metric == "gfd_digitsnet"
+    assert {"gfd_digitsnet", "class_coverage_digitsnet"} <= set(metrics[metrics.split == "validation"].metric)
     assert 0 < full.final["emitted_code_frac"] <= 1 and full.final["gfd_randcnn"] >= 0
     assert 0 < full.final["nll_bits_per_token"] < math.log2(16) + 1
     ckpt = torch.load(ResultStore(tmp_path / "full").checkpoint_path(spec.run_id), weights_only=False)
