@@ -93,7 +93,7 @@ def test_standard_suite_covers_its_tasks_at_standard_budgets(store, runs):
     members = store.sweep_members()
     standard = runs[runs["run_id"].map(lambda rid: STANDARD in members.get(rid, set()))]
     assert len(standard), "the published store holds no run of the standard suite"
-    builtin = sorted(name for name in METHODS.names() if METHODS.get(name).source == "vqbench")
+    builtin = sorted(name for name in METHODS.list() if METHODS.get(name).source == "vqbench")
     for task, rows in standard.groupby("task"):
         expected = asdict(task_budget(task, "standard"))
         budgets = {json.dumps(json.loads(b), sort_keys=True) for b in rows["budget"]}
@@ -108,7 +108,9 @@ def test_standard_suite_covers_its_tasks_at_standard_budgets(store, runs):
 def site(tmp_path_factory, store) -> Path:
     from vqbench.leaderboard.build import build_site
 
-    return build_site(PUBLISHED, tmp_path_factory.mktemp("published") / "site")
+    out = tmp_path_factory.mktemp("published") / "site"
+    build_site(PUBLISHED, out)
+    return out
 
 
 @pytest.mark.browser
