@@ -135,7 +135,8 @@ def _budgets_section(site: SiteContext, runs: pd.DataFrame) -> str:
             'Slurm GPU cluster; <code>--executor local</code> runs it on one machine). A run stores its budget in '
             'full (steps, batch size, learning rate, eval interval, warm-up ...), not its name: the table lists '
             'the budgets of the runs on this board, per task, with the suites that used each (<b>Other</b>: the '
-            'keys set away from their defaults). Tuned runs use '
+            'keys set away from their defaults; <b>Converged</b>: its ok runs that converged by the rule below, so a '
+            'budget too short for some methods shows here). Tuned runs use '
             'their suite\'s budget with the learning rate they selected; trials are left out.</p>')
     if runs.empty:
         return text + '<p>No runs yet.</p></section>'
@@ -150,21 +151,26 @@ def _budgets_section(site: SiteContext, runs: pd.DataFrame) -> str:
         devices = sorted(set(group["device_kind"]) - {""})
         wall = group.loc[group["status"] == "ok", "wall_time_s"].astype(float).dropna()
         median = float(np.median(wall)) if len(wall) else math.nan
+        ok_states = group.loc[group["status"] == "ok", "convergence"]
+        converged = int((ok_states == CONVERGED).sum())
         cells = "".join(f'<td class="num">{escape(value_text(values[k])) if k in values else ""}</td>'
                         for k in BUDGET_COLUMNS)
         rows.append(f'<tr><td>{site.links.task(task, "")}</td>{cells}'
                     f'<td class="params">{escape(", ".join(f"{k}={value_text(v)}" for k, v in others.items()))}</td>'
                     f'<td>{escape(", ".join(suites))}</td><td>{escape(", ".join(devices))}</td>'
                     f'<td class="num" data-v="{len(group)}">{len(group)}</td>'
+                    f'<td class="num" data-v="{converged}">{converged} of {len(ok_states)}</td>'
                     f'<td class="num" data-v="{data_value(median)}">{escape(_duration(median))}</td></tr>')
         records.append({"task": task, **{k: values.get(k) for k in BUDGET_COLUMNS},
                         "other": json.dumps(others, sort_keys=True), "suites": ", ".join(suites),
-                        "devices": ", ".join(devices), "runs": len(group), "median_wall_time_s": median})
+                        "devices": ", ".join(devices), "runs": len(group), "converged": converged,
+                        "ok": len(ok_states), "median_wall_time_s": median})
     head = "".join(f'<th class="num" data-type="num">{escape(k.replace("_", " "))}</th>' for k in BUDGET_COLUMNS)
     download = site.tables.add("protocol-budgets", "Budgets used, per task", "protocol.html#budgets",
                                pd.DataFrame(records), "")
     return (text + '<div class="scroll"><table class="sortable" id="budgets-table"><thead><tr><th>Task</th>'
             f'{head}<th>Other</th><th>Suites</th><th>Devices</th><th class="num" data-type="num">Runs</th>'
+            '<th class="num" data-type="num" title="ok runs that converged by the rule below">Converged</th>'
             '<th class="num" data-type="num" title="median wall time of the ok runs">Median time</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>{download}</section>')
 

@@ -278,6 +278,8 @@ def test_protocol_page_is_linked_and_derived_from_the_store(synthetic):
     tally = (f"of {int(ok.sum())} ok runs (trials aside): {ok.get(CONVERGED, 0)} converged, "
              f"{ok.get(NOT_CONVERGED, 0)} not converged")
     assert tally in text
+    converged = budgets["head"].index("Converged")  # per budget row: its converged ok runs, summing to the tally
+    assert sum(int(r["cells"][converged]["text"].split(" of ")[0]) for r in budgets["rows"]) == ok.get(CONVERGED, 0)
     devices = runs["device"].str.split(":").str[0].value_counts()
     assert ", ".join(f"{n} on {kind}" for kind, n in sorted(devices.items())) in text
 
