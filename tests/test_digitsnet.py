@@ -69,11 +69,12 @@ def test_the_classifier_splits_are_the_digits_tasks_train_and_eval_splits():
 # -- training and cache --------------------------------------------------------------------------------
 def test_training_is_deterministic():
     short = DigitsNetRecipe(epochs=3)  # the same code path as the full recipe, a seventh of the time
+    deterministic_before = torch.are_deterministic_algorithms_enabled()  # (earlier tests may have set it)
     first, second = train_digitsnet(short), train_digitsnet(short)  # from scratch, bypassing the cache
     assert _same_weights(first.net, second.net) and first.test_accuracy == second.test_accuracy
     other_seed = train_digitsnet(dataclasses.replace(short, seed=1))
     assert not _same_weights(first.net, other_seed.net)  # (the comparison can fail)
-    assert not torch.are_deterministic_algorithms_enabled()  # the global settings are restored
+    assert torch.are_deterministic_algorithms_enabled() == deterministic_before  # the global settings are restored
 
 
 def test_the_classifier_is_accurate_on_the_test_split(trained):
