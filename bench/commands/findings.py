@@ -233,7 +233,7 @@ def claim_sentences(finding: Finding, data: pd.DataFrame) -> list[str]:
             f"{restricted:g} vs {free:g}")
     verdict = (f"the claim holds for {len(shows)} of {len(shows) + len(resists)} methods with the knob"
                + (f" ({', '.join(shows)})" if shows else "")
-               + (f"; lower by no more than the seeds' spread, so not shown, for {', '.join(resists)}"
+               + (f"; not lower by more than the seeds' spread, so not shown, for {', '.join(resists)}"
                   if resists else "") + ".")
     return [f"{head}: {verdict}"]
 
