@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 from browser_helpers import severe_console
 
-from vqbench.store import ResultStore
+from vqbench.store import ResultStore, final_metrics
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "published" / "results"
 #: the suites of the published board (sweep names in ``published/results/sweeps``)
@@ -139,10 +139,10 @@ def page_command(site: Path, run_id: str) -> list[str]:
 
 
 def final_eval_metrics(store: ResultStore, task: str, run_id: str) -> dict[str, float]:
-    rows = store.load_metrics(task, [run_id])
-    rows = rows[rows["split"] == "eval"]
-    last = rows[rows["step"] == rows["step"].max()]
-    return dict(zip(last["metric"], last["value"].astype(float)))
+    """The run's metrics at their last eval step (:func:`vqbench.store.final_metrics`)."""
+    row = final_metrics(pd.DataFrame({"run_id": [run_id]}), store.load_metrics(task, [run_id])).iloc[0]
+    return {name[len("metric."):]: float(value) for name, value in row.items()
+            if name.startswith("metric.") and pd.notna(value)}
 
 
 def threads_of(device: str) -> int:
