@@ -278,10 +278,11 @@ def test_gumbel_temperature_schedules():
     assert float(fresh.tau) == float(q.tau) and int(fresh.step) == 25
 
 
+@pytest.mark.parametrize("hard", [False, True])  # the relaxed sample (the default, DALL-E) and straight-through
 @pytest.mark.parametrize("logits", ["linear", "distance"])
-def test_gumbel_hard_sample_matches_torch_gumbel_softmax(logits):
+def test_gumbel_sample_matches_torch_gumbel_softmax(logits, hard):
     torch.manual_seed(0)
-    q = GumbelQuantizer(6, 32, logits=logits).train()
+    q = GumbelQuantizer(6, 32, logits=logits, hard=hard).train()
     q.tau.fill_(0.7)
     z = torch.randn(40, 6)
     za, zb = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
@@ -291,7 +292,7 @@ def test_gumbel_hard_sample_matches_torch_gumbel_softmax(logits):
     grads = [p.grad.clone() for p in q.parameters()]
     q.zero_grad()
     torch.manual_seed(123)
-    y = F.gumbel_softmax(q.logits(zb), tau=0.7, hard=True)
+    y = F.gumbel_softmax(q.logits(zb), tau=0.7, hard=hard)
     ref = y @ q.embedding
     (ref * torch.linspace(-1, 1, 6)).sum().backward()
     assert torch.equal(out.indices, y.argmax(-1))
