@@ -4,7 +4,8 @@ tasks and methods.
 A suite has a **defaults** table (its ``vqbench sweep run`` runs) and, once ``vqbench tune`` ran on it, a
 **tuned** table: one row per method, each cell the configuration its tuning selected on that task (the
 columns ignore the learning rate, which is tuned), with the selected parameters, a link to the trials and
-the method's sensitivity (IQR of the validation metric over its trials). Every table gets the mean rank's
+the method's sensitivity (IQR of the validation metric over its trials) and its change against the defaults
+track (:mod:`.vs_defaults`). Every table gets the mean rank's
 95% bootstrap interval and "≈" marks between neighbours (:mod:`.rank_marks`).
 """
 
@@ -46,6 +47,7 @@ from vqbench.leaderboard.tracks import (
     trials_anchor,
     without_lr,
 )
+from vqbench.leaderboard.vs_defaults import Comparison, compare, summary_sentence
 
 HOW_TO_READ = (
     'How to read a suite table: one row per method configuration (registered name + parameters; '
@@ -125,10 +127,12 @@ def suite_section(site: SiteContext, suite: str) -> str:
         parts.append(f'<h3 id="suite-{escape(slug(suite))}-defaults">Defaults</h3><p class="note">Runs tagged '
                      f'<code>suite:{escape(suite)}</code> without <code>tuned:{escape(suite)}</code>. {summary}</p>'
                      f'{table}')
-    summary, table = track_table(site, suite, tuned, TRACK_TUNED)
+    comparisons = compare(tuned, defaults, {m: info.defaults for m, info in data.methods.items()},
+                          {name: task.higher_is_better for name, task in data.tasks.items()})
+    summary, table = track_table(site, suite, tuned, TRACK_TUNED, comparisons)
     title = f"Tuned ({counts} trials)" if counts else "Tuned"
     parts.append(f'<h3 id="suite-{escape(slug(suite))}-tuned">{escape(title)}</h3>'
-                 f'<p class="note">{TUNED_HOW_TO_READ} {summary}</p>{table}')
+                 f'<p class="note">{TUNED_HOW_TO_READ} {summary} {summary_sentence(comparisons)}</p>{table}')
     return "".join(parts) + "</section>"
 
 
@@ -143,9 +147,11 @@ def _track_keys(runs: pd.DataFrame, track: str) -> pd.DataFrame:
                                       zip(runs["method"], runs["method_version"], runs["method_params"])])
 
 
-def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -> tuple[str, str]:
+def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str,
+                comparisons: dict[tuple[str, int, str], Comparison] | None = None) -> tuple[str, str]:
     """(summary line, table html) of one track of a suite: a row per method config, a column per task
-    variant, the mean rank with its bootstrap interval and the "≈" marks."""
+    variant, the mean rank with its bootstrap interval and the "≈" marks; a tuned cell also shows its change
+    against the defaults track (``comparisons``, :mod:`.vs_defaults`)."""
     data = site.data
     tuned = track == TRACK_TUNED
     tuning = data.tunings.get(suite) if tuned else None
@@ -246,6 +252,12 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str) -
                           if tuning and tuning.has_trials(column.task, row.method) else "")
                 extra += f'<small class="chosen" title="selected parameters">{escape(selected)}{trials}</small>'
                 record[f"{column_name} selected"] = selected
+                method, version = json.loads(row.method_config)
+                versus = (comparisons or {}).get((method, int(version), column.variant_key))
+                if versus is not None and is_finite(cell_mean):
+                    extra += versus.html()
+                record[f"{column_name} defaults mean"] = versus.defaults.mean if versus else math.nan
+                record[f"{column_name} vs defaults"] = versus.verdict if versus else ""
             cells.append(stat_cell(cell_mean, cell_ci, cell_n, href=href, extra=extra))
             record.update({f"{column_name} mean": cell_mean, f"{column_name} ci95": cell_ci,
                            f"{column_name} n_seeds": cell_n,

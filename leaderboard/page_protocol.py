@@ -279,7 +279,10 @@ def _tuning_section(site: SiteContext) -> str:
             'selection reads only the <b>validation</b> split: among the trials that finished ok, the best final '
             'validation main metric (ties to the earlier trial). The selected configuration is then rerun at fresh '
             'seeds and reported on the eval split: eval numbers never enter the choice. The tuned table\'s '
-            '<b>sensitivity</b> is the interquartile range of the validation metric over a method\'s trials.</p>'
+            '<b>sensitivity</b> is the interquartile range of the validation metric over a method\'s trials. '
+            'Each tuned cell also shows its change against the defaults track\'s cell of the same method at its '
+            'registered parameters (<b>vs defaults</b>): better or worse when the two 95% intervals do not '
+            'overlap, otherwise within them; the table\'s note counts each verdict.</p>'
             + present + '</section>')
 
 

@@ -287,7 +287,35 @@ def test_a_suite_with_only_tuned_runs(tmp_path):
     assert [h[:2] for h in table["head"][3:5]] == ["t1", "t2"]
     assert [r["cells"][0]["text"].strip() for r in table["rows"]] == ["A", "B"]
     assert "lr=0.004" in table["rows"][1]["cells"][3]["text"] and ">trials<" not in text
+    assert "vs defaults" not in text  # no defaults track to compare with
     assert not crawl(tmp_path / "site")[1]
+
+
+def test_tuned_cells_state_their_change_against_the_defaults(tmp_path):
+    """t1: tuning clearly better, t2: clearly worse, t3: within the seeds' spread (lower is better); the verdicts,
+    the signed change and the summary's counts follow from the two tracks' means and 95% intervals."""
+    store = ResultStore(tmp_path / "results")
+    cases = {"t1": (1.0, 0.5, 0.01), "t2": (1.0, 2.0, 0.01), "t3": (1.0, 1.05, 0.1)}  # defaults, tuned, step
+    for task, (base, tuned_base, step) in cases.items():
+        for seed in (0, 1, 2):
+            _write(store, "A", task, seed, base + step * seed)
+        for seed in (1, 2, 3):
+            _write(store, "A", task, seed, tuned_base + step * seed, ("suite:s", "tuned:s", "trials:4"), 0.004)
+    build_site(tmp_path / "results", tmp_path / "site")
+    text = (tmp_path / "site" / "index.html").read_text()
+    table = read_tables(tmp_path / "site" / "index.html")["suite-s-tuned-table"]
+    assert [h[:2] for h in table["head"][3:6]] == list(cases)
+    tuned_html = text[text.index('id="suite-s-tuned-table"'):]
+    found = re.findall(r'<small class="vsdef (\w+)" title="([^"]*)">vs defaults (.)([^<]*)</small>',
+                       tuned_html[:tuned_html.index("</table>")])
+    expected = [("better", "\u2212", 0.52 - 1.01), ("worse", "+", 2.02 - 1.01), ("within", "+", 1.25 - 1.1)]
+    assert len(found) == len(expected)
+    for (verdict, title, sign, value), (want, want_sign, change) in zip(found, expected):
+        assert (verdict, sign) == (want, want_sign)
+        assert float(value) == pytest.approx(abs(change), rel=1e-3)
+        assert "3 seed(s)" in html.unescape(title)
+    assert ("of 3 cells, tuning made 1 better and 1 worse beyond both 95% intervals; 1 stay within them"
+            in re.sub(r"<[^>]+>", "", text))
 
 
 def test_every_link_resolves_and_every_string_is_escaped(tuned):
