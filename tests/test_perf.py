@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import time
+import types
 
 import pandas as pd
 import pytest
@@ -206,7 +206,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     assert gpu_check.skipped(Cell(VQP, "vq-kmeans", 262144, 8, 131072, "forward_backward")) is None
     code = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--sizes", "64", "--dims", "4", "--n", "32",
                            "--repeats", "1", "--methods", "vq,no-such-method", "--tasks", "gmm,no-such-task",
-                           "--image-methods", "vq", "--image-steps", "2,4"])
+                           "--image-methods", "vq", "--image-steps", "2,24"])  # 2 and 4 steps: within the timing noise
     assert code == 0
     rows = load_perf(tmp_path)
     assert list(rows.columns) == PERF_SCHEMA.names
@@ -221,15 +221,26 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(tmp_path):
     assert (tmp_path / "summary.txt").read_text().startswith("python -m vqbench.commands.gpu_check --out")
 
 
-def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_times():
+def test_timed_repeats_short_calls_until_min_time_and_long_calls_only_repeats_times(monkeypatch):
+    """On a fake clock each call advances by a set time (the real one makes the counts depend on the load)."""
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = []
-    call = lambda: (calls.append(1), time.sleep(0.001))
-    first, times = timing.timed(call, torch.device("cpu"), repeats=3, warmup=2, min_time_s=0.05)
-    assert len(first) == 2 and 3 < len(times) < perf.MAX_TIMED_CALLS and sum(times) >= 0.05
+
+    def taking(seconds: float):
+        def call() -> None:
+            calls.append(1)
+            clock[0] += seconds
+        return call
+
+    first, times = timing.timed(taking(0.001), torch.device("cpu"), repeats=3, warmup=2, min_time_s=0.05)
+    assert first == pytest.approx([0.001, 0.001]) and 50 <= len(times) <= 51 and sum(times) >= 0.05
     assert len(calls) == len(first) + len(times)
-    _, times = timing.timed(lambda: time.sleep(0.01), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.0)
+    _, times = timing.timed(taking(0.01), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.0)
     assert len(times) == 3
-    _, times = timing.timed(lambda: None, torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
+    _, times = timing.timed(taking(0.5), torch.device("cpu"), repeats=3, warmup=0, min_time_s=0.05)
+    assert len(times) == 3  # long calls: only the repeats
+    _, times = timing.timed(taking(0.0), torch.device("cpu"), repeats=1, warmup=0, min_time_s=1e9)
     assert len(times) == perf.MAX_TIMED_CALLS
 
 
