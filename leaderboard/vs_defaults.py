@@ -76,9 +76,10 @@ class Comparison:
         return f"{self.verdict.capitalize()} than the defaults beyond both 95% intervals."
 
 
-def cell_stats(runs: pd.DataFrame) -> dict[tuple[str, int, str], CellStat]:
+def cell_stats(runs: pd.DataFrame, one_lr: bool = False) -> dict[tuple[str, int, str], CellStat]:
     """(method, method version, task variant without lr) -> the main metric over the ok seeds of ``runs`` (one
-    configuration per key: the caller passes one track)."""
+    configuration per key: the caller passes one track). ``one_lr``: leave out the keys whose runs used several
+    learning rates (a defaults track run at several lrs has no one cell to compare with)."""
     ok = runs[(runs["status"] == "ok") & np.isfinite(pd.to_numeric(runs["main_value"], errors="coerce"))]
     out: dict[tuple[str, int, str], CellStat] = {}
     if ok.empty:
@@ -86,6 +87,8 @@ def cell_stats(runs: pd.DataFrame) -> dict[tuple[str, int, str], CellStat]:
     keys = [(m, int(v), without_lr(k)) for m, v, k in zip(ok["method"], ok["method_version"], ok["variant_key"])]
     values = ok.assign(_key=keys, _value=ok["main_value"].astype(float))
     for key, group in values.groupby("_key", sort=False):
+        if one_lr and group["variant_key"].nunique() > 1:
+            continue
         n = len(group)
         std = float(group["_value"].std(ddof=1)) if n > 1 else math.nan
         ci = float(ci_halfwidth(np.array([std]), np.array([n]))[0]) if n > 1 else math.nan
@@ -106,7 +109,7 @@ def compare(tuned: pd.DataFrame, defaults: pd.DataFrame, defaults_of: dict[str, 
     configuration; cells without such a defaults cell are absent."""
     if tuned.empty or defaults.empty:
         return {}
-    base = cell_stats(registered_defaults(defaults, defaults_of))
+    base = cell_stats(registered_defaults(defaults, defaults_of), one_lr=True)
     out = {}
     for key, stat in cell_stats(tuned).items():
         if key in base:

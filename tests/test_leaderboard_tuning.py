@@ -316,6 +316,11 @@ def test_tuned_cells_state_their_change_against_the_defaults(tmp_path):
         assert "3 seed(s)" in html.unescape(title)
     assert ("of 3 cells, tuning made 1 better and 1 worse beyond both 95% intervals; 1 stay within them"
             in re.sub(r"<[^>]+>", "", text))
+    # a defaults track at two learning rates on t3 has no one cell to compare with: t3 drops out
+    _write(store, "A", "t3", 0, 1.0, lr=0.002)
+    build_site(tmp_path / "results", tmp_path / "site2")
+    text = re.sub(r"<[^>]+>", "", (tmp_path / "site2" / "index.html").read_text())
+    assert "of 2 cells, tuning made 1 better and 1 worse beyond both 95% intervals; 0 stay within them" in text
 
 
 def test_every_link_resolves_and_every_string_is_escaped(tuned):
