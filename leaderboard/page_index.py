@@ -47,7 +47,7 @@ from vqbench.leaderboard.tracks import (
     trials_anchor,
     without_lr,
 )
-from vqbench.leaderboard.vs_defaults import Comparison, compare, summary_sentence
+from vqbench.leaderboard.vs_defaults import CellStat, Comparison, defaults_cells, summary_sentence
 
 HOW_TO_READ = (
     'How to read a suite table: one row per method configuration (registered name + parameters; '
@@ -127,12 +127,11 @@ def suite_section(site: SiteContext, suite: str) -> str:
         parts.append(f'<h3 id="suite-{escape(slug(suite))}-defaults">Defaults</h3><p class="note">Runs tagged '
                      f'<code>suite:{escape(suite)}</code> without <code>tuned:{escape(suite)}</code>. {summary}</p>'
                      f'{table}')
-    comparisons = compare(tuned, defaults, {m: info.defaults for m, info in data.methods.items()},
-                          {name: task.higher_is_better for name, task in data.tasks.items()})
-    summary, table = track_table(site, suite, tuned, TRACK_TUNED, comparisons)
+    baselines = defaults_cells(defaults, {m: info.defaults for m, info in data.methods.items()})
+    summary, table = track_table(site, suite, tuned, TRACK_TUNED, baselines)
     title = f"Tuned ({counts} trials)" if counts else "Tuned"
     parts.append(f'<h3 id="suite-{escape(slug(suite))}-tuned">{escape(title)}</h3>'
-                 f'<p class="note">{TUNED_HOW_TO_READ} {summary} {summary_sentence(comparisons)}</p>{table}')
+                 f'<p class="note">{TUNED_HOW_TO_READ} {summary}</p>{table}')
     return "".join(parts) + "</section>"
 
 
@@ -148,10 +147,10 @@ def _track_keys(runs: pd.DataFrame, track: str) -> pd.DataFrame:
 
 
 def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str,
-                comparisons: dict[tuple[str, int, str], Comparison] | None = None) -> tuple[str, str]:
+                baselines: dict[tuple[str, int, str], CellStat] | None = None) -> tuple[str, str]:
     """(summary line, table html) of one track of a suite: a row per method config, a column per task
     variant, the mean rank with its bootstrap interval and the "≈" marks; a tuned cell also shows its change
-    against the defaults track (``comparisons``, :mod:`.vs_defaults`)."""
+    against its defaults-track cell (``baselines``, :mod:`.vs_defaults`), counted in the summary."""
     data = site.data
     tuned = track == TRACK_TUNED
     tuning = data.tunings.get(suite) if tuned else None
@@ -212,6 +211,7 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str,
                 'the task columns that report it (complete rows only)">Utilization rank</th>'
                 '<th class="num" data-type="num">Tasks done</th>')
     body, records = [], []
+    comparisons: list[Comparison] = []  # tuned cells against their defaults cells
     above_label = ""
     for row in order:
         record: dict[str, Any]
@@ -253,9 +253,13 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str,
                 extra += f'<small class="chosen" title="selected parameters">{escape(selected)}{trials}</small>'
                 record[f"{column_name} selected"] = selected
                 method, version = json.loads(row.method_config)
-                versus = (comparisons or {}).get((method, int(version), column.variant_key))
-                if versus is not None and is_finite(cell_mean):
+                base = (baselines or {}).get((method, int(version), column.variant_key))
+                versus = (Comparison(CellStat(cell_mean, cell_ci, cell_n), base,
+                                     data.tasks[column.task].higher_is_better)
+                          if base is not None and is_finite(cell_mean) else None)
+                if versus is not None:
                     extra += versus.html()
+                    comparisons.append(versus)
                 record[f"{column_name} defaults mean"] = versus.defaults.mean if versus else math.nan
                 record[f"{column_name} vs defaults"] = versus.verdict if versus else ""
             cells.append(stat_cell(cell_mean, cell_ci, cell_n, href=href, extra=extra))
@@ -302,7 +306,7 @@ def track_table(site: SiteContext, suite: str, runs: pd.DataFrame, track: str,
     summary = (f'{len(runs)} runs {status_badges(statuses, skip_ok=False)}; {len(order)} '
                f'{"methods" if tuned else "method configurations"} '
                f'\u00d7 {n_columns} task column(s); {int(complete.sum())} complete, {int((~complete).sum())} '
-               'incomplete.')
+               'incomplete.' + (" " + summary_sentence(comparisons) if comparisons else ""))
     table = (f'{filter_bar(table_id, families)}<div class="scroll"><table class="sortable" '
              f'id="{escape(table_id)}"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'
              f'</div>{RANK_NOTE if marks.any else ""}{download}')

@@ -15,7 +15,6 @@ worse than the defaults: this is shown, not hidden. Pure pandas (no torch).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -103,26 +102,19 @@ def registered_defaults(runs: pd.DataFrame, defaults_of: dict[str, dict]) -> pd.
     return runs[keep]
 
 
-def compare(tuned: pd.DataFrame, defaults: pd.DataFrame, defaults_of: dict[str, dict],
-            higher_is_better: dict[str, bool]) -> dict[tuple[str, int, str], Comparison]:
-    """Per tuned cell key (see :func:`cell_stats`), its comparison with the defaults track's registered
-    configuration; cells without such a defaults cell are absent."""
-    if tuned.empty or defaults.empty:
+def defaults_cells(defaults: pd.DataFrame, defaults_of: dict[str, dict]) -> dict[tuple[str, int, str], CellStat]:
+    """The defaults track's cells at the registered parameters (see :func:`cell_stats` for the key), each the one
+    configuration a tuned cell of the same key is compared with."""
+    if defaults.empty:
         return {}
-    base = cell_stats(registered_defaults(defaults, defaults_of), one_lr=True)
-    out = {}
-    for key, stat in cell_stats(tuned).items():
-        if key in base:
-            task = json.loads(key[2])[0]
-            out[key] = Comparison(stat, base[key], higher_is_better.get(task, False))
-    return out
+    return cell_stats(registered_defaults(defaults, defaults_of), one_lr=True)
 
 
-def summary_sentence(comparisons: dict[tuple[str, int, str], Comparison]) -> str:
+def summary_sentence(comparisons: list[Comparison]) -> str:
     """One sentence over a tuned table's cells: how many tuning moved beyond both intervals, each way."""
     if not comparisons:
         return ""
-    verdicts = [c.verdict for c in comparisons.values()]
+    verdicts = [c.verdict for c in comparisons]
     return (f'Against the defaults track (each method at its registered parameters, same task): of '
             f'{len(verdicts)} cells, tuning made {verdicts.count(BETTER)} better and {verdicts.count(WORSE)} worse '
             f'beyond both 95% intervals; {verdicts.count(WITHIN)} stay within them (<b>vs defaults</b> under each '
