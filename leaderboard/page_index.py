@@ -127,7 +127,9 @@ def suite_section(site: SiteContext, suite: str) -> str:
         parts.append(f'<h3 id="suite-{escape(slug(suite))}-defaults">Defaults</h3><p class="note">Runs tagged '
                      f'<code>suite:{escape(suite)}</code> without <code>tuned:{escape(suite)}</code>. {summary}</p>'
                      f'{table}')
-    baselines = defaults_cells(defaults, {m: info.defaults for m, info in data.methods.items()})
+    baselines = defaults_cells(defaults, {m: info.defaults for m, info in data.methods.items()},
+                               lambda key: CellStat(*site.config_stat(key, data.tasks[
+                                   site.config_rows[key]["task"]].main_metric)))
     summary, table = track_table(site, suite, tuned, TRACK_TUNED, baselines)
     title = f"Tuned ({counts} trials)" if counts else "Tuned"
     parts.append(f'<h3 id="suite-{escape(slug(suite))}-tuned">{escape(title)}</h3>'

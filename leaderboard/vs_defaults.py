@@ -15,15 +15,13 @@ worse than the defaults: this is shown, not hidden. Pure pandas (no torch).
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from vqbench.leaderboard.data import params_diff, parse_json
 from vqbench.leaderboard.html import escape, format_ci, format_number, is_finite
-from vqbench.leaderboard.stats import ci_halfwidth
 from vqbench.leaderboard.tracks import without_lr
 
 BETTER, WORSE, WITHIN = "better", "worse", "within"
@@ -75,26 +73,6 @@ class Comparison:
         return f"{self.verdict.capitalize()} than the defaults beyond both 95% intervals."
 
 
-def cell_stats(runs: pd.DataFrame, one_lr: bool = False) -> dict[tuple[str, int, str], CellStat]:
-    """(method, method version, task variant without lr) -> the main metric over the ok seeds of ``runs`` (one
-    configuration per key: the caller passes one track). ``one_lr``: leave out the keys whose runs used several
-    learning rates (a defaults track run at several lrs has no one cell to compare with)."""
-    ok = runs[(runs["status"] == "ok") & np.isfinite(pd.to_numeric(runs["main_value"], errors="coerce"))]
-    out: dict[tuple[str, int, str], CellStat] = {}
-    if ok.empty:
-        return out
-    keys = [(m, int(v), without_lr(k)) for m, v, k in zip(ok["method"], ok["method_version"], ok["variant_key"])]
-    values = ok.assign(_key=keys, _value=ok["main_value"].astype(float))
-    for key, group in values.groupby("_key", sort=False):
-        if one_lr and group["variant_key"].nunique() > 1:
-            continue
-        n = len(group)
-        std = float(group["_value"].std(ddof=1)) if n > 1 else math.nan
-        ci = float(ci_halfwidth(np.array([std]), np.array([n]))[0]) if n > 1 else math.nan
-        out[key] = CellStat(float(group["_value"].mean()), ci, n)
-    return out
-
-
 def registered_defaults(runs: pd.DataFrame, defaults_of: dict[str, dict]) -> pd.DataFrame:
     """The runs of ``runs`` whose method params are the method's registered defaults."""
     keep = [not params_diff(parse_json(p) or {}, defaults_of.get(m, {}))
@@ -102,12 +80,20 @@ def registered_defaults(runs: pd.DataFrame, defaults_of: dict[str, dict]) -> pd.
     return runs[keep]
 
 
-def defaults_cells(defaults: pd.DataFrame, defaults_of: dict[str, dict]) -> dict[tuple[str, int, str], CellStat]:
-    """The defaults track's cells at the registered parameters (see :func:`cell_stats` for the key), each the one
-    configuration a tuned cell of the same key is compared with."""
+def defaults_cells(defaults: pd.DataFrame, defaults_of: dict[str, dict],
+                   stat: Callable[[str], CellStat]) -> dict[tuple[str, int, str], CellStat]:
+    """(method, method version, task variant without lr) -> the defaults track's cell at the registered parameters,
+    ``stat(config_key)`` (the site's per-configuration mean, interval and seeds). A key whose runs form several
+    configurations (the defaults track ran the method at several learning rates) has no one cell to compare with
+    and is left out."""
     if defaults.empty:
         return {}
-    return cell_stats(registered_defaults(defaults, defaults_of), one_lr=True)
+    runs = registered_defaults(defaults, defaults_of)
+    configs: dict[tuple[str, int, str], set[str]] = {}
+    for method, version, variant, config in zip(runs["method"], runs["method_version"], runs["variant_key"],
+                                                runs["config_key"]):
+        configs.setdefault((method, int(version), without_lr(variant)), set()).add(config)
+    return {key: stat(next(iter(keys))) for key, keys in configs.items() if len(keys) == 1}
 
 
 def summary_sentence(comparisons: list[Comparison]) -> str:
