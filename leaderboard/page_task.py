@@ -16,7 +16,7 @@ import pandas as pd
 
 from vqbench.leaderboard import svg
 from vqbench.leaderboard.context import SiteContext
-from vqbench.leaderboard.convergence import CONVERGED, FEW_EVALS, NOT_CONVERGED
+from vqbench.leaderboard.convergence import CONVERGED, FEW_EVALS, NOT_CONVERGED, budget_notes
 from vqbench.leaderboard.data import COLLAPSE_METRICS, metric_direction, natural_key
 from vqbench.leaderboard.html import STATUS_ORDER, direction_arrow, escape, filter_bar, stat_cell, status_badges
 from vqbench.leaderboard.page_tuning import tuning_sections
@@ -140,6 +140,12 @@ def write_task_page(site: SiteContext, name: str) -> None:
              f'<dt>Runs</dt><dd>{task.n_runs} in {len(keys)} configurations, {len(task.variants)} variant(s)</dd>'
              '</dl>']
     parts += [classifier_note(data.runs, name, c) for c in classifiers]
+    ok_runs = data.runs[(data.runs["task"] == name) & (data.runs["status"] == "ok")
+                        & (data.runs["track"] != TRACK_TRIAL)]
+    notes = budget_notes(ok_runs, task.main_metric)
+    if notes:
+        parts.append('<p class="note" id="convergence">' + " ".join(notes) + ' Tuning trials are left out; the '
+                     '<a href="../protocol.html#convergence">rule</a> is on the Protocol page.</p>')
     if multi_variant:
         parts.append(_variants_table(site, task.variants))
     if points:

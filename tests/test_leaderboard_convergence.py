@@ -30,6 +30,7 @@ from vqbench.leaderboard.convergence import (
     CONVERGED,
     FEW_EVALS,
     NOT_CONVERGED,
+    budget_notes,
     convergence_table,
     relative_change,
     run_convergence,
@@ -252,6 +253,28 @@ def test_badges_by_hand(tmp_path):
     assert ">few evals</span>" in run and "mse was evaluated only at step 100 in the last 25% of 100 steps" in run
     method = read_tables(tmp_path / "site" / "methods" / "moving.html")["method-table"]
     assert "all 2 seeds not converged" in method["rows"][0]["cells"][4]["text"]
+    page = (tmp_path / "site" / "tasks" / "t.html").read_text()
+    match = re.search(r'<p class="note" id="convergence">(.*?)</p>', page)
+    note = html.unescape(re.sub(r"<[^>]+>", "", match.group(1)))
+    assert note.startswith("At 100 steps: 3 of 8 ok runs converged by the rule (mse moved less than 1% over their "
+                           "last 25% of steps); 3 still moved (median change 10%, largest 10%); 2 had too few evals")
+    assert "Most of these runs had not converged" in note
+
+
+def test_budget_notes_group_runs_by_length_and_say_when_most_did_not_converge():
+    def budget(steps, lr=2e-3):
+        return canonical_json({"steps": steps, "batch_size": 32, "lr": lr})
+
+    runs = pd.DataFrame({
+        "budget": [budget(2000), budget(2000, lr=1e-3), budget(2000), budget(500), budget(500)],
+        "convergence": [CONVERGED, CONVERGED, NOT_CONVERGED, NOT_CONVERGED, NOT_CONVERGED],
+        "convergence_change": [0.001, 0.002, 0.0102, 0.05, 0.25]})
+    short, long = budget_notes(runs, "psnr")
+    assert short.startswith("At 500 steps (batch 32): 0 of 2 ok runs converged") and "Most of these" in short
+    assert "median change 15%, largest 25%" in short
+    # a tuned learning rate shares its suite's group; 1.02% never reads as the 1% tolerance
+    assert long.startswith("At 2,000 steps (batch 32): 2 of 3 ok runs converged") and "Most" not in long
+    assert "1 still moved (median change 1.02%, largest 1.02%)" in long
 
 
 # -- the Protocol page ------------------------------------------------------------------------------------
