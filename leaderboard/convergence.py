@@ -15,7 +15,6 @@ reads the validation split only). Computed from the metric rows with pandas alon
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -174,50 +173,3 @@ def run_badge(convergence: Convergence, metric: str) -> str:
     return (f'<span class="badge conv" title="{escape(convergence.describe(metric))}">'
             f'{escape(flag_label([convergence]))}</span>')
 
-
-def budget_notes(ok_runs: pd.DataFrame, metric: str) -> list[str]:
-    """One sentence (HTML) per training length of ``ok_runs`` (a task's ok runs, any track): how many converged by
-    the rule, the median change of those that did not, and, where most did not, that the table compares methods
-    where they stood when the budget ended. Runs are grouped by their budget's ``steps`` and ``batch_size`` (tuned
-    runs differ in learning rate only, so they share their suite's group)."""
-    notes = []
-    lengths = [_steps_and_batch(budget) for budget in ok_runs["budget"]]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for position, length in enumerate(lengths):
-        groups.setdefault(length, []).append(position)
-    for (steps, batch), positions in sorted(groups.items()):
-        group = ok_runs.iloc[positions]
-        states = group["convergence"].fillna(FEW_EVALS)
-        counts = {state: int((states == state).sum()) for state in STATES}
-        moved = group.loc[states == NOT_CONVERGED, "convergence_change"].astype(float)
-        where = f"{steps:,} steps" if steps > 0 else "an unknown number of steps"
-        where += f" (batch {batch})" if batch > 0 else ""
-        text = (f"At {where}: {counts[CONVERGED]} of {len(group)} ok runs converged by the rule "
-                f"({escape(metric)} moved less than {TOLERANCE:.0%} over their last {1 - REFERENCE_FRACTION:.0%} "
-                "of steps)")
-        if counts[NOT_CONVERGED]:
-            text += (f"; {counts[NOT_CONVERGED]} still moved (median change {change_text(float(moved.median()))}, "
-                     f"largest {change_text(float(moved.max()))})")
-        if counts[FEW_EVALS]:
-            text += f"; {counts[FEW_EVALS]} had too few evals in that window to tell"
-        text += "."
-        if 2 * counts[CONVERGED] < len(group):
-            text += (" Most of these runs had not converged when their budget ended, so their rows compare "
-                     "methods at this budget, not at convergence.")
-        notes.append(text)
-    return notes
-
-
-def _steps_and_batch(budget: Any) -> tuple[int, int]:
-    """``(steps, batch_size)`` of a stored budget (JSON text); 0 where unknown."""
-    try:
-        values = json.loads(budget) if isinstance(budget, str) else {}
-    except ValueError:
-        values = {}
-    values = values if isinstance(values, dict) else {}
-
-    def number(key: str) -> int:
-        value = values.get(key)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-    return number("steps"), number("batch_size")

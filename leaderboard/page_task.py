@@ -16,8 +16,16 @@ import pandas as pd
 
 from vqbench.leaderboard import svg
 from vqbench.leaderboard.context import SiteContext
-from vqbench.leaderboard.convergence import CONVERGED, FEW_EVALS, NOT_CONVERGED, budget_notes
-from vqbench.leaderboard.data import COLLAPSE_METRICS, metric_direction, natural_key
+from vqbench.leaderboard.convergence import (
+    CONVERGED,
+    FEW_EVALS,
+    NOT_CONVERGED,
+    REFERENCE_FRACTION,
+    STATES,
+    TOLERANCE,
+    change_text,
+)
+from vqbench.leaderboard.data import COLLAPSE_METRICS, metric_direction, natural_key, parse_json
 from vqbench.leaderboard.html import STATUS_ORDER, direction_arrow, escape, filter_bar, stat_cell, status_badges
 from vqbench.leaderboard.page_tuning import tuning_sections
 from vqbench.leaderboard.tracks import TRACK_TRIAL
@@ -167,6 +175,37 @@ def write_task_page(site: SiteContext, name: str) -> None:
                  f'</thead><tbody>{"".join(rows)}</tbody></table></div>{download}')
     parts.append(tuning_sections(site, name))
     site.write(f"tasks/{task.slug}.html", site.page(f"Task {name}", "".join(parts), ROOT))
+
+
+def budget_notes(ok_runs: pd.DataFrame, metric: str) -> list[str]:
+    """One sentence (HTML) per training length of ``ok_runs`` (a task's ok runs, any track): how many converged by
+    the rule, the median change of those that did not, and, where most did not, that the table compares methods
+    where they stood when the budget ended. Runs are grouped by their budget's ``steps`` and ``batch_size`` (tuned
+    runs differ in learning rate only, so they share their suite's group; 0 where the budget does not say)."""
+    budgets = [parse_json(budget) for budget in ok_runs["budget"]]
+    lengths = pd.DataFrame([(int(b.get("steps") or 0), int(b.get("batch_size") or 0)) if isinstance(b, dict)
+                            else (0, 0) for b in budgets], columns=["steps", "batch"], index=ok_runs.index)
+    notes = []
+    for (steps, batch), group in ok_runs.groupby([lengths["steps"], lengths["batch"]]):
+        states = group["convergence"].fillna(FEW_EVALS)
+        counts = {state: int((states == state).sum()) for state in STATES}
+        moved = group.loc[states == NOT_CONVERGED, "convergence_change"].astype(float)
+        where = f"{steps:,} steps" if steps > 0 else "an unknown number of steps"
+        where += f" (batch {batch})" if batch > 0 else ""
+        text = (f"At {where}: {counts[CONVERGED]} of {len(group)} ok runs converged by the rule "
+                f"({escape(metric)} moved less than {TOLERANCE:.0%} over their last {1 - REFERENCE_FRACTION:.0%} "
+                "of steps)")
+        if counts[NOT_CONVERGED]:
+            text += (f"; {counts[NOT_CONVERGED]} still moved (median change {change_text(float(moved.median()))}, "
+                     f"largest {change_text(float(moved.max()))})")
+        if counts[FEW_EVALS]:
+            text += f"; {counts[FEW_EVALS]} had too few evals in that window to tell"
+        text += "."
+        if 2 * counts[CONVERGED] < len(group):
+            text += (" Most of these runs had not converged when their budget ended, so their rows compare "
+                     "methods at this budget, not at convergence.")
+        notes.append(text)
+    return notes
 
 
 def _variants_table(site: SiteContext, variant_keys: list[str]) -> str:

@@ -30,12 +30,12 @@ from vqbench.leaderboard.convergence import (
     CONVERGED,
     FEW_EVALS,
     NOT_CONVERGED,
-    budget_notes,
     convergence_table,
     relative_change,
     run_convergence,
 )
 from vqbench.leaderboard.data import slug
+from vqbench.leaderboard.page_task import budget_notes
 from vqbench.spec import canonical_json
 from vqbench.store import ResultStore
 
