@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,17 +109,43 @@ def _provenance() -> dict[str, str]:
 
 
 def write_membership(sweep: Sweep, results: Path) -> Path:
+    """Write ``results/sweeps/<name>.json``: the runs sweep ``name`` plans, and the task of each.
+
+    A suite is often run in parts (one file per task, or ``vqbench quick --tasks``), each under the suite's
+    name: the runs a file of the same name *and version* listed before stay listed, the new ones are added. A
+    new version starts the list afresh; so does deleting the file.
+    """
     path = results / "sweeps" / f"{sweep.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    run_ids, run_tasks = _earlier_membership(path, sweep)
+    listed = set(run_ids)
+    run_ids += [r for r in sweep.run_ids() if r not in listed]
+    run_tasks.update({spec.run_id: spec.task for spec in sweep.specs()})
     data = {"name": sweep.name, "version": sweep.version, "description": sweep.description,
             "file": str(sweep.path) if sweep.path else None, "tag": sweep.suite_tag,
-            "run_ids": sweep.run_ids(),
-            "run_tasks": {spec.run_id: spec.task for spec in sweep.specs()},
+            "run_ids": run_ids, "run_tasks": run_tasks,
             "written_at": datetime.now(timezone.utc).isoformat()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _earlier_membership(path: Path, sweep: Sweep) -> tuple[list[str], dict[str, str]]:
+    """The run ids, and run id -> task, an earlier membership file of the same sweep and version lists (none if
+    there is no such file; a damaged one is rewritten from this sweep alone, with a warning)."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("name") != sweep.name or data.get("version") != sweep.version:
+            return [], {}
+        run_ids = list(dict.fromkeys(str(r) for r in data["run_ids"]))
+        return run_ids, {str(k): str(v) for k, v in (data.get("run_tasks") or {}).items()}
+    except FileNotFoundError:
+        return [], {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        warnings.warn(f"rewriting damaged sweep membership file {path} from sweep {sweep.name} alone: {exc}",
+                      stacklevel=3)
+        return [], {}
 
 
 def _setup_lines(code: Path | None) -> list[str]:

@@ -56,6 +56,27 @@ def test_debug_executor_runs_in_process_and_rerun_skips(tmp_path):
     assert membership["run_tasks"] == {spec.run_id: spec.task for spec in sweep.specs()}
 
 
+def test_membership_of_a_suite_run_in_parts_lists_every_part(tmp_path):
+    """One file per part under the suite's name and version adds to its list; a new version starts afresh."""
+    from vqbench.slurm.launch import write_membership
+
+    results = tmp_path / "results"
+    first = load_sweep(write(tmp_path, base_yaml(methods="[swt-a]", version="3"), "part1.yaml"))
+    second = load_sweep(write(tmp_path, base_yaml(methods="[swt-a]", seeds="[1]", version="3"), "part2.yaml"))
+    write_membership(first, results)
+    path = write_membership(second, results)
+    data = json.loads(path.read_text())
+    assert data["run_ids"] == first.run_ids() + second.run_ids() and len(data["run_ids"]) == 2
+    assert set(data["run_tasks"]) == set(data["run_ids"])
+    assert ResultStore(results).sweep_members() == {r: {"t"} for r in data["run_ids"]}
+    bumped = load_sweep(write(tmp_path, base_yaml(methods="[swt-a]", version="4"), "part3.yaml"))
+    assert json.loads(write_membership(bumped, results).read_text())["run_ids"] == bumped.run_ids()
+    path.write_text("{damaged")
+    with pytest.warns(UserWarning, match="rewriting damaged sweep membership file"):
+        write_membership(first, results)
+    assert json.loads(path.read_text())["run_ids"] == first.run_ids()
+
+
 def test_status_counts_failed_and_diverged_with_errors(tmp_path, monkeypatch):
     text = base_yaml(methods="[swt-a, swt-fail, swt-diverge]")
     results = tmp_path / "results"
