@@ -216,6 +216,20 @@ def _compacted_runs(path: Path) -> tuple[pa.Table, dict[str, int]] | None:
     return table, index
 
 
+# what reading a damaged (or hand-edited) membership file raises
+MEMBERSHIP_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def read_membership_file(path: Path) -> dict[str, Any]:
+    """A sweep membership file ``sweeps/<name>.json`` with ``name`` (str), ``run_ids`` (str, in order) and
+    ``run_tasks`` (run id -> task; {} in files older than it) normalised; raises one of :data:`MEMBERSHIP_ERRORS`
+    if it is damaged (FileNotFoundError if absent)."""
+    data = json.loads(path.read_text())
+    name, run_ids = str(data["name"]), [str(r) for r in data["run_ids"]]
+    run_tasks = {str(k): str(v) for k, v in (data.get("run_tasks") or {}).items()}
+    return {**data, "name": name, "run_ids": run_ids, "run_tasks": run_tasks}
+
+
 class ResultStore:
     """A results folder. All reads return pandas DataFrames with the canonical columns."""
 
@@ -395,13 +409,11 @@ class ResultStore:
         files: dict[str, dict[str, Any]] = {}
         for path in sorted((self.root / "sweeps").glob("*.json")):
             try:
-                data = json.loads(path.read_text())
-                name, run_ids = str(data["name"]), [str(r) for r in data["run_ids"]]
-                run_tasks = {str(k): str(v) for k, v in (data.get("run_tasks") or {}).items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                data = read_membership_file(path)
+            except MEMBERSHIP_ERRORS as exc:
                 warnings.warn(f"skipping damaged sweep membership file {path}: {exc}", stacklevel=2)
                 continue
-            files[name] = {**data, "name": name, "run_ids": run_ids, "run_tasks": run_tasks}
+            files[data["name"]] = data
         return files
 
     def sweep_members(self) -> dict[str, set[str]]:

@@ -48,7 +48,7 @@ from vqbench.slurm.status import ACTIVE, STATES, RunState, SweepStatus, produced
 from vqbench.slurm.sweep import Sweep, check_buildable
 from vqbench.slurm.worker import SweepWorker
 from vqbench.spec import RunSpec
-from vqbench.store import ResultStore
+from vqbench.store import MEMBERSHIP_ERRORS, ResultStore, read_membership_file
 
 
 @dataclass
@@ -135,17 +135,16 @@ def _earlier_membership(path: Path, sweep: Sweep) -> tuple[list[str], dict[str, 
     """The run ids, and run id -> task, an earlier membership file of the same sweep and version lists (none if
     there is no such file; a damaged one is rewritten from this sweep alone, with a warning)."""
     try:
-        data = json.loads(path.read_text())
-        if data.get("name") != sweep.name or data.get("version") != sweep.version:
-            return [], {}
-        run_ids = list(dict.fromkeys(str(r) for r in data["run_ids"]))
-        return run_ids, {str(k): str(v) for k, v in (data.get("run_tasks") or {}).items()}
+        data = read_membership_file(path)
     except FileNotFoundError:
         return [], {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except MEMBERSHIP_ERRORS as exc:
         warnings.warn(f"rewriting damaged sweep membership file {path} from sweep {sweep.name} alone: {exc}",
                       stacklevel=3)
         return [], {}
+    if data["name"] != sweep.name or data.get("version") != sweep.version:
+        return [], {}
+    return list(dict.fromkeys(data["run_ids"])), data["run_tasks"]
 
 
 def _setup_lines(code: Path | None) -> list[str]:
